@@ -1,0 +1,87 @@
+"""`ahv serve`, `ahv check-config`; also `python -m ahv`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from ahv.config import Config, ConfigError, load_config
+
+log = logging.getLogger("ahv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ahv", description="self-hosted AI orchestrator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    serve.add_argument("--port", type=int, help="override server.port (0 = any free port)")
+    serve.add_argument("--host", help="override server.host")
+    check = commands.add_parser("check-config", help="validate ahv.toml and exit")
+    check.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        if args.command == "check-config":
+            from ahv.tasks import load_registry
+
+            load_registry(config)
+            print(f"{args.config}: ok")
+            return 0
+        overrides = {"port": args.port, "host": args.host}
+        server = config.server
+        import msgspec
+
+        server = msgspec.structs.replace(
+            server, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        config = msgspec.structs.replace(config, server=server)
+    except ConfigError as exc:
+        print(f"ahv: config error: {exc}", file=sys.stderr)
+        return 2
+    _install_uvloop()
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as exc:
+        print(f"ahv: config error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config) -> None:
+    from ahv.http.app import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else config.server.port
+    # Tests and scripts read this line to find a port chosen with --port 0.
+    print(f"ahv listening on http://{config.server.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining jobs and webhooks")
+    await runner.cleanup()

@@ -1,0 +1,173 @@
+"""`ahv.toml`, decoded into frozen msgspec Structs.
+
+An unknown key, a wrong type or a bad value stops the start with a ConfigError whose
+message names the key (e.g. `backends[0].slots`). Every field here is documented in the
+sample `ahv.toml` and in the README; tests/test_config.py fails when one is not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names the key and the problem."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section, frozen=True):
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 2022
+    public_url: str = ""
+    data_dir: str = "./data"
+    max_body_bytes: PositiveInt = 1_048_576
+    shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    plugins: list[str] = []
+
+
+class KeyConfig(_Section, frozen=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    webhook_secret: Annotated[str, msgspec.Meta(min_length=16)]
+    key: str = ""
+    key_sha256: str = ""
+    role: Literal["client", "admin"] = "client"
+    max_queued: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rate_per_min: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class QueueConfig(_Section, frozen=True):
+    max_depth: PositiveInt = 10_000
+    age_step_s: PositiveFloat = 30.0
+    default_priority: Priority = 5
+    direct_priority: Priority = 9
+    max_attempts: PositiveInt = 3
+    retry_base_s: PositiveFloat = 2.0
+    retry_max_s: PositiveFloat = 300.0
+    task_timeout_s: PositiveFloat = 600.0
+    timeouts_s: dict[str, PositiveFloat] = {}
+    poll_interval_s: PositiveFloat = 1.0
+    keep_durations: PositiveInt = 50
+
+
+class WebhookConfig(_Section, frozen=True):
+    timeout_s: PositiveFloat = 15.0
+    max_attempts: PositiveInt = 10
+    retry_base_s: PositiveFloat = 5.0
+    retry_max_s: PositiveFloat = 3600.0
+    retry_after_max_s: PositiveFloat = 3600.0
+    concurrency: PositiveInt = 64
+    progress_interval_s: PositiveFloat = 1.0
+    flush_on_shutdown_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+
+class FetchConfig(_Section, frozen=True):
+    connect_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 30.0
+    total_timeout_s: PositiveFloat = 120.0
+    max_bytes: PositiveInt = 50 * 1024 * 1024
+    max_redirects: Annotated[int, msgspec.Meta(ge=0)] = 5
+    allowed_networks: list[str] = []
+
+
+class LimitsConfig(_Section, frozen=True):
+    max_input_pixels: PositiveInt = 50_000_000
+    max_output_pixels: PositiveInt = 100_000_000
+    max_side: PositiveInt = 16_384
+
+
+class ModelsConfig(_Section, frozen=True):
+    dir: str = "./models"
+
+
+class BackendConfig(_Section, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+    device: str = "cpu"
+    slots: PositiveInt = 1
+    tasks: list[str] = []
+
+
+class Config(_Section, frozen=True):
+    server: ServerConfig = ServerConfig()
+    keys: list[KeyConfig] = []
+    queue: QueueConfig = QueueConfig()
+    webhooks: WebhookConfig = WebhookConfig()
+    fetch: FetchConfig = FetchConfig()
+    limits: LimitsConfig = LimitsConfig()
+    models: ModelsConfig = ModelsConfig()
+    backends: list[BackendConfig] = []
+
+
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: bytes | str, *, source: str = "ahv.toml") -> Config:
+    try:
+        config = msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    problems = _check(config)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return config
+
+
+def _readable(message: str) -> str:
+    # msgspec says "... - at `$.backends[0].slots`"; we say "backends[0].slots: ...".
+    match = re.match(r"^(.*) - at `\$\.?(.*)`$", message)
+    if not match:
+        return message
+    problem, where = match.groups()
+    return f"{where or '(top level)'}: {problem}"
+
+
+def _check(config: Config) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, key in enumerate(config.keys):
+        where = f"keys[{i}]"
+        if key.name in names:
+            problems.append(f"{where}.name: duplicate key name {key.name!r}")
+        names.add(key.name)
+        if bool(key.key) == bool(key.key_sha256):
+            problems.append(f"{where}: give exactly one of `key` or `key_sha256`")
+        if key.key_sha256 and not _SHA256.match(key.key_sha256):
+            problems.append(f"{where}.key_sha256: must be 64 lowercase hex digits")
+    backend_names: set[str] = set()
+    for i, backend in enumerate(config.backends):
+        where = f"backends[{i}]"
+        if backend.name in backend_names:
+            problems.append(f"{where}.name: duplicate backend name {backend.name!r}")
+        backend_names.add(backend.name)
+        if not _DEVICE.match(backend.device):
+            problems.append(f"{where}.device: {backend.device!r} is not `cpu` or `cuda:N`")
+    for i, network in enumerate(config.fetch.allowed_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(f"fetch.allowed_networks[{i}]: {network!r} is not an IP network")
+    if config.server.public_url and not re.match(r"^https?://", config.server.public_url):
+        problems.append("server.public_url: must start with http:// or https://")
+    return problems

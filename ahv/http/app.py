@@ -1,0 +1,42 @@
+"""`create_app(config)`: the aiohttp application and the lifecycle of what it owns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ahv.config import Config
+from ahv.http import direct, jobs_routes, ops_routes
+from ahv.http.keys import ORCHESTRATOR
+from ahv.http.middleware import MAX_BODY_KEY, auth_middleware, errors_middleware
+from ahv.orchestrator import Orchestrator
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=config.server.max_body_bytes,
+    )
+    orchestrator = Orchestrator(config)
+    app[ORCHESTRATOR] = orchestrator
+    app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app.add_routes(jobs_routes.routes)
+    app.add_routes(ops_routes.routes)
+    for spec in orchestrator.registry.values():
+        if spec.direct_path is not None:
+            app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await orchestrator.start()
+        yield
+        await orchestrator.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(_begin_drain)
+    return app
+
+
+async def _begin_drain(app: web.Application) -> None:
+    # Refuse new work as soon as shutdown begins, before open connections are closed.
+    app[ORCHESTRATOR].draining = True

@@ -1,0 +1,81 @@
+"""Every error leaves as `{"ok": false, "error": {"code", "message"}}`; every request but the
+public ones carries a valid X-API-Key."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ahv.errors import AhvError, error_body
+from ahv.http.keys import CALLER, orchestrator
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PREFIXES = ("/healthz", "/files/")
+PUBLIC_PATHS = frozenset({"/", "/docs"})
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(exc: AhvError) -> web.Response:
+    response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AhvError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        elif exc.status == 413:
+            limit = request.app[_MAX_BODY]
+            message = f"request body is larger than the limit of {limit} bytes"
+        return error_response(AhvError(code, message, status=exc.status))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            AhvError("internal_error", "internal error; see the server log", status=500)
+        )
+
+
+_MAX_BODY = web.AppKey("max_body_bytes", int)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    app = orchestrator(request)
+    if not app.seen_base_url and request.transport is not None:
+        # Result URLs need this server's address when ahv.toml gives no public_url.
+        host, port = request.transport.get_extra_info("sockname")[:2]
+        host = f"[{host}]" if ":" in host else host
+        app.seen_base_url = f"http://{host}:{port}"
+    path = request.path
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
+    return await handler(request)
+
+
+MAX_BODY_KEY = _MAX_BODY

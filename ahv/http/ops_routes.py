@@ -1,0 +1,61 @@
+"""Health, stats, backend diagnostics and result files."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+import ahv
+from ahv.errors import AhvError
+from ahv.http.jobs_routes import json_response
+from ahv.http.keys import caller, orchestrator
+
+routes = web.RouteTableDef()
+
+_FILE_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{2,5}$")
+_CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "json": "application/json",
+}
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    app = orchestrator(request)
+    status = "draining" if app.draining else "ready"
+    body = {"ok": not app.draining, "status": status, "version": ahv.__version__}
+    return json_response(body, status=503 if app.draining else 200)
+
+
+@routes.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await orchestrator(request).stats(caller(request)))
+
+
+@routes.get("/diag/backends")
+async def diag_backends(request: web.Request) -> web.Response:
+    app = orchestrator(request)
+    return json_response(
+        {
+            "ok": True,
+            "queue_depth": app.store.queued_count,
+            "backends": await app.backends(),
+        }
+    )
+
+
+@routes.get("/files/{name}")
+async def result_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    path = orchestrator(request).files_dir / name
+    if not _FILE_NAME.match(name) or not path.is_file():
+        raise AhvError("file_not_found", f"no result file {name!r}", status=404)
+    extension = name.rsplit(".", 1)[1]
+    response = web.FileResponse(path)
+    response.content_type = _CONTENT_TYPES.get(extension, "application/octet-stream")
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    return response

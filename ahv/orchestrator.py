@@ -1,0 +1,337 @@
+"""The application's core, below HTTP: submit, look up, cancel and delete jobs, and own the
+parts that run them (store, scheduler, webhook sender)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ahv.auth import Caller, KeyRing
+from ahv.config import Config
+from ahv.errors import AhvError, invalid_payload
+from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
+from ahv.netguard import AddressPolicy, check_url, make_client_session
+from ahv.scheduler.predict import Predictor
+from ahv.scheduler.scheduler import Scheduler
+from ahv.store import IdempotencyConflict, Store
+from ahv.tasks import TaskSpec, load_registry
+from ahv.timeutil import now_us
+from ahv.webhooks import EVENTS, WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task: str
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+    webhook_url: str | None = None
+    priority: int | None = None
+    webhook_events: list[str] = []
+
+
+def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.scale`"; we say "payload.scale: ..."."""
+    text = str(exc)
+    problem, _, where = text.rpartition(" - at `")
+    if not problem:
+        return f"{prefix}: {text}" if prefix else text
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    joined = ".".join(p for p in (prefix, path) if p).replace(".[", "[")
+    return f"{joined or 'body'}: {problem}"
+
+
+class Orchestrator:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry: dict[str, TaskSpec] = load_registry(config)
+        data_dir = Path(config.server.data_dir)
+        self.files_dir = data_dir / "files"
+        self.store = Store(data_dir / "ahv.sqlite3", fsync=False)
+        self.keys = KeyRing(config.keys)
+        self.policy = AddressPolicy(config.fetch.allowed_networks)
+        self.predictor = Predictor(
+            {name: spec.default_predict_s for name, spec in self.registry.items()},
+            config.queue.keep_durations,
+        )
+        self.draining = False
+        self.seen_base_url = ""
+        self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
+        self._scheduler: Scheduler | None = None
+        self._webhooks: WebhookSender | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        for partial in self.files_dir.glob("*.part"):
+            partial.unlink(missing_ok=True)  # outputs of jobs cut off by a crash
+        await self.store.open()
+        self.predictor.seed(await self.store.recent_durations(self.config.queue.keep_durations))
+        self._http = make_client_session(self.policy)
+        self._webhooks = WebhookSender(
+            config=self.config, store=self.store, http=self._http, policy=self.policy
+        )
+        self._scheduler = Scheduler(
+            config=self.config,
+            store=self.store,
+            registry=self.registry,
+            predictor=self.predictor,
+            webhooks=self._webhooks,
+            http=self._http,
+            policy=self.policy,
+            files_dir=self.files_dir,
+            public_url=lambda: self.public_url,
+            on_finished=self._on_finished,
+        )
+        await self._scheduler.start()
+        await self._webhooks.start()
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new jobs, let running ones finish (or requeue them after the
+        grace period), deliver due webhooks, close the store."""
+        self.draining = True
+        if self._scheduler is not None:
+            await self._scheduler.stop(self.config.server.shutdown_grace_s)
+        if self._webhooks is not None:
+            await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
+        await self._http.close()
+        await self.store.close()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        assert self._scheduler is not None, "Orchestrator.start() has not run"
+        return self._scheduler
+
+    @property
+    def public_url(self) -> str:
+        return self.config.server.public_url.rstrip("/") or self.seen_base_url
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        caller: Caller,
+        request: SubmitRequest,
+        *,
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+    ) -> tuple[JobRow, bool]:
+        if self.draining:
+            raise AhvError("draining", "the server is shutting down", status=503, retry_after_s=5)
+        spec = self._spec(request.task)
+        payload = self._decode_payload(spec, request.payload)
+        for field in spec.url_fields:
+            url = getattr(payload, field, None)
+            if isinstance(url, str):
+                await check_url(url, self.policy, field=f"payload.{field}")
+        await self._check_webhook(request)
+        if priority is None:
+            priority = (
+                self.config.queue.default_priority if request.priority is None else request.priority
+            )
+        if not 0 <= priority <= 9:
+            raise invalid_payload("priority", f"must be 0 to 9, got {priority}")
+        self._check_capacity(caller)
+        canonical_payload = msgspec.json.encode(payload)
+        now = now_us()
+        job = JobRow(
+            id=uuid.uuid4().hex,
+            owner=caller.name,
+            task=spec.name,
+            status=QUEUED,
+            priority=priority,
+            rank_ms=now // 1000 - int(priority * self.config.queue.age_step_s * 1000),
+            payload=canonical_payload,
+            webhook_url=request.webhook_url,
+            webhook_events=sorted(set(request.webhook_events)),
+            idempotency_key=idempotency_key,
+            request_hash=self._request_hash(request, canonical_payload, priority),
+            max_attempts=self.config.queue.max_attempts,
+            created_us=now,
+            queued_us=now,
+            predict_time=self.predictor.predict_s(spec.name),
+        )
+        try:
+            row, created = await self.store.enqueue(job)
+        except IdempotencyConflict as exc:
+            raise AhvError(
+                "idempotency_conflict",
+                f"Idempotency-Key {idempotency_key!r} was used for job {exc.existing.id} "
+                "with a different request",
+                status=409,
+            ) from None
+        if created:
+            self.scheduler.wake()
+        return row, created
+
+    def _spec(self, task: str) -> TaskSpec:
+        spec = self.registry.get(task)
+        if spec is None:
+            known = ", ".join(sorted(self.registry))
+            raise AhvError(
+                "unknown_task", f"task: unknown task {task!r} (known: {known})", status=422
+            )
+        if self.scheduler.slots_for(task) == 0:
+            raise AhvError(
+                "task_unavailable", f"task: no backend in ahv.toml serves {task!r}", status=422
+            )
+        return spec
+
+    def _decode_payload(self, spec: TaskSpec, raw: msgspec.Raw) -> Any:
+        try:
+            payload = msgspec.json.decode(raw, type=spec.payload_type)
+        except msgspec.ValidationError as exc:
+            raise AhvError(
+                "invalid_payload", validation_message(exc, "payload"), status=422
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise AhvError(
+                "invalid_json", f"payload is not valid JSON: {exc}", status=400
+            ) from None
+        if spec.validate is not None:
+            spec.validate(payload, self.config)
+        return payload
+
+    async def _check_webhook(self, request: SubmitRequest) -> None:
+        unknown = set(request.webhook_events) - EVENTS
+        if unknown:
+            raise invalid_payload(
+                "webhook_events", f"unknown events {sorted(unknown)} (known: {sorted(EVENTS)})"
+            )
+        if request.webhook_url is not None:
+            await check_url(request.webhook_url, self.policy, field="webhook_url")
+
+    def _check_capacity(self, caller: Caller) -> None:
+        self.keys.take_rate_token(caller)
+        queue = self.config.queue
+        if self.store.queued_count >= queue.max_depth:
+            raise AhvError(
+                "queue_full",
+                f"the queue holds {self.store.queued_count} jobs, its limit is {queue.max_depth}",
+                status=429,
+                retry_after_s=self._drain_estimate_s(),
+            )
+        if caller.max_queued and self.store.queued_for_owner(caller.name) >= caller.max_queued:
+            raise AhvError(
+                "queue_full",
+                f"key {caller.name!r} already has {caller.max_queued} jobs queued (its limit)",
+                status=429,
+                retry_after_s=self._drain_estimate_s(),
+            )
+
+    def _drain_estimate_s(self) -> float:
+        means = self.predictor.mean_durations()
+        return max(1.0, min(60.0, sum(means.values()) / max(1, len(means)) if means else 5.0))
+
+    @staticmethod
+    def _request_hash(request: SubmitRequest, payload: bytes, priority: int) -> str:
+        parts = [request.task, payload.decode(), request.webhook_url or "", str(priority)]
+        parts.extend(sorted(request.webhook_events))
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+    # -- read, cancel, delete -------------------------------------------------------------------
+
+    async def visible_job(self, caller: Caller, job_id: str) -> JobRow:
+        job = await self.store.get(job_id)
+        if job is None or (job.owner != caller.name and not caller.is_admin):
+            raise AhvError("job_not_found", f"no job {job_id!r}", status=404)
+        return job
+
+    def document(self, job: JobRow) -> dict[str, Any]:
+        if job.status != QUEUED:
+            return job_document(job)
+        position = self.store.queue_position(job)
+        eta = self.scheduler.eta_us(job.task, position, now_us())
+        return job_document(msgspec.structs.replace(job, eta_us=eta), queue_position=position)
+
+    async def cancel(self, caller: Caller, job_id: str) -> JobRow:
+        job = await self.visible_job(caller, job_id)
+        if job.is_terminal:
+            if job.status == "canceled":
+                return job
+            raise AhvError(
+                "job_finished", f"job {job_id} already ended with status {job.status}", status=409
+            )
+        return await self.scheduler.cancel(job)
+
+    async def delete(self, caller: Caller, job_id: str, stop_wait_s: float = 10.0) -> None:
+        job = await self.visible_job(caller, job_id)
+        if not job.is_terminal:
+            job = await self.scheduler.cancel(job)
+            if job.status == RUNNING:
+                job = await self.wait_finished(job.id, stop_wait_s) or job
+        if job.result and job.result.get("filename"):
+            (self.files_dir / str(job.result["filename"])).unlink(missing_ok=True)
+        await self.store.delete(job)
+
+    # -- waiting for the end of a job -------------------------------------------------------------
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> JobRow | None:
+        job = await self.store.get(job_id)
+        if job is None or job.is_terminal:
+            return job
+        future: asyncio.Future[JobRow] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    def _on_finished(self, job: JobRow) -> None:
+        for future in self._waiters.pop(job.id, []):
+            if not future.done():
+                future.set_result(job)
+
+    # -- what /stats and /diag show ----------------------------------------------------------------
+
+    async def stats(self, caller: Caller) -> dict[str, Any]:
+        recent = await self.store.list_jobs(
+            owner=None if caller.is_admin else caller.name,
+            status=None,
+            task=None,
+            limit=20,
+            before_seq=None,
+        )
+        return {
+            "ok": True,
+            "counts": await self.store.counts_by_status(),
+            "queue_depth": self.store.queued_count,
+            "running": self.scheduler.running_count,
+            "mean_duration_s": self.predictor.mean_durations(),
+            "predict_time_s": {t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
+            "webhooks": await self.store.outbox_counts(),
+            "recent": [self.document(job) for job in recent],
+        }
+
+    async def backends(self) -> list[dict[str, Any]]:
+        queued = await self.store.queued_by_task()
+        rows = []
+        for backend in self.scheduler.backends:
+            rows.append(
+                {
+                    "name": backend.config.name,
+                    "kind": backend.kind,
+                    "device": backend.config.device,
+                    "slots": backend.config.slots,
+                    "busy": len(backend.busy),
+                    "running_jobs": sorted(backend.busy.values()),
+                    "queued": sum(queued.get(task, 0) for task in backend.tasks),
+                    "tasks": backend.tasks,
+                    "providers": ["CPUExecutionProvider"] if backend.kind == "cpu" else [],
+                    "models_loaded": [],
+                }
+            )
+        return rows

@@ -1,0 +1,1 @@
+"""Backends, slots and the claim/run loop."""

@@ -1,0 +1,330 @@
+"""Claims queued jobs onto free backend slots and runs them.
+
+Each slot of each backend is one asyncio worker: it claims the best queued job of a task its
+backend serves, runs the task (blocking work goes to threads), and writes the final state
+together with the job's webhook event. Cancel, timeout and shutdown all stop a running job
+the same way: the job's context is told to stop, and the task notices at its next checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from ahv.config import BackendConfig, Config
+from ahv.errors import AhvError, JobCanceled
+from ahv.jobs import CANCELED, FAILED, QUEUED, REJECTION_CODES, RUNNING, SUCCEEDED, JobRow
+from ahv.netguard import AddressPolicy
+from ahv.scheduler.predict import Predictor
+from ahv.store import Store
+from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
+from ahv.timeutil import now_us
+from ahv.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    config: BackendConfig
+    tasks: list[str]
+    busy: dict[int, str] = field(default_factory=dict)  # slot number -> job id
+
+    @property
+    def kind(self) -> str:
+        return "cuda" if self.config.device.startswith("cuda") else "cpu"
+
+
+@dataclass
+class _Running:
+    job: JobRow
+    ctx: TaskContext
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        registry: dict[str, TaskSpec],
+        predictor: Predictor,
+        webhooks: WebhookSender,
+        http: aiohttp.ClientSession,
+        policy: AddressPolicy,
+        files_dir: Path,
+        public_url: Callable[[], str],
+        on_finished: Callable[[JobRow], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._registry = registry
+        self._predictor = predictor
+        self._webhooks = webhooks
+        self._http = http
+        self._policy = policy
+        self._files_dir = files_dir
+        self._public_url = public_url
+        self._on_finished = on_finished
+        self.backends = [Backend(b, [t for t in b.tasks if t in registry]) for b in config.backends]
+        total_slots = sum(b.config.slots for b in self.backends)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, total_slots), thread_name_prefix="ahv-work"
+        )
+        self._wake = asyncio.Event()
+        self._claiming = True
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, _Running] = {}
+        self._background: set[asyncio.Future[None]] = set()
+
+    # -- capacity, for ETAs and /diag ----------------------------------------------------
+
+    def slots_for(self, task: str) -> int:
+        return sum(b.config.slots for b in self.backends if task in b.tasks)
+
+    def eta_us(self, task: str, queue_position: int, start_us: int) -> int:
+        wait_s = self._predictor.wait_s(task, queue_position, self.slots_for(task))
+        return start_us + int(wait_s * 1e6)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        for backend in self.backends:
+            for slot in range(1, backend.config.slots + 1):
+                worker = asyncio.create_task(self._worker(backend, slot))
+                self._workers.append(worker)
+
+    async def recover(self) -> None:
+        """After a crash: jobs left `running` are requeued, or failed with `worker_lost`
+        when their attempts are spent (or a cancel was asked for)."""
+        for job in await self._store.running_jobs():
+            if job.cancel_requested:
+                await self._finish(job, CANCELED, None, None, expect=RUNNING)
+            elif job.attempts < job.max_attempts:
+                log.warning("job %s: requeued after a crash (attempt %d)", job.id, job.attempts)
+                await self._store.requeue(job, run_after_us=0, refund_attempt=False)
+            else:
+                error = {
+                    "code": "worker_lost",
+                    "message": f"the server stopped while running this job, "
+                    f"{job.attempts} of {job.max_attempts} attempts spent",
+                }
+                await self._finish(job, FAILED, None, error, expect=RUNNING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, give running jobs `grace_s` to finish, then requeue the rest."""
+        self._claiming = False
+        self._wake.set()
+        if self._workers:
+            busy = [w for w in self._workers if not w.done()]
+            await asyncio.wait(busy, timeout=grace_s)
+        for running in list(self._running.values()):
+            running.ctx.cancel("shutdown")
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    async def cancel(self, job: JobRow) -> JobRow:
+        """Cancel a job: at once if queued; at its next checkpoint if running."""
+        if job.status == QUEUED:
+            done = await self._finish(job, CANCELED, None, None, expect=QUEUED)
+            if done is not None:
+                return done
+            job = await self._store.get(job.id) or job
+        if job.status == RUNNING:
+            await self._store.request_cancel(job.id)
+            running = self._running.get(job.id)
+            if running is not None:
+                running.ctx.cancel("canceled")
+        return await self._store.get(job.id) or job
+
+    # -- the slot workers -----------------------------------------------------------------
+
+    async def _worker(self, backend: Backend, slot: int) -> None:
+        slot_name = f"{backend.config.name}-{slot}"
+        poll_s = self._config.queue.poll_interval_s
+        while self._claiming:
+            self._wake.clear()
+            try:
+                job = await self._store.claim(
+                    backend.tasks,
+                    slot_name,
+                    now_us(),
+                    lambda task: self.eta_us(task, 0, now_us()),
+                )
+            except Exception:
+                log.exception("claim failed on %s", slot_name)
+                job = None
+            if job is None:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                except TimeoutError:
+                    pass
+                continue
+            backend.busy[slot] = job.id
+            try:
+                await self._run(job, backend, slot_name)
+            except Exception:
+                log.exception("job %s: bookkeeping failed", job.id)
+            finally:
+                backend.busy.pop(slot, None)
+
+    async def _run(self, job: JobRow, backend: Backend, slot_name: str) -> None:
+        spec = self._registry[job.task]
+        loop = asyncio.get_running_loop()
+        ctx = TaskContext(
+            job_id=job.id,
+            task=job.task,
+            backend=slot_name,
+            device=backend.config.device,
+            config=self._config,
+            files_dir=self._files_dir,
+            executor=self._executor,
+            http=self._http,
+            policy=self._policy,
+            loop=loop,
+            on_progress=lambda percent: self._progress(job, percent),
+            attempt=job.attempts,
+        )
+        self._running[job.id] = _Running(job, ctx)
+        self._webhooks.send_ephemeral(job, "job.started")
+        timeout_s = self._config.queue.timeouts_s.get(job.task, self._config.queue.task_timeout_s)
+        log.info("job %s: running %s on %s (attempt %d)", job.id, job.task, slot_name, job.attempts)
+        try:
+            payload = msgspec.json.decode(job.payload, type=spec.payload_type)
+            runner = asyncio.ensure_future(spec.run(ctx, payload))
+            ctx.runner = runner
+            output = await self._await_runner(runner, ctx, timeout_s)
+        except JobCanceled:
+            await self._stopped(job, ctx)
+        except TimeoutError:
+            error = {"code": "timeout", "message": f"the job ran past its {timeout_s:g} s limit"}
+            await self._failed(job, ctx, error)
+        except AhvError as exc:
+            if exc.transient and job.attempts < job.max_attempts:
+                await self._retry(job, ctx, exc)
+            else:
+                await self._failed(job, ctx, exc.to_dict())
+        except Exception as exc:
+            log.exception("job %s: task %s crashed", job.id, job.task)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__} in {job.task}"}
+            await self._failed(job, ctx, error)
+        else:
+            await self._succeeded(job, ctx, output)
+        finally:
+            self._running.pop(job.id, None)
+
+    async def _await_runner(
+        self, runner: asyncio.Future[TaskOutput], ctx: TaskContext, timeout_s: float
+    ) -> TaskOutput:
+        timer = asyncio.get_running_loop().call_later(timeout_s, ctx.cancel, "timeout")
+        try:
+            return await runner
+        except (asyncio.CancelledError, JobCanceled):
+            current = asyncio.current_task()
+            if ctx.cancel_reason is None or (current is not None and current.cancelling()):
+                raise
+            if ctx.cancel_reason == "timeout":
+                raise TimeoutError from None
+            raise JobCanceled(ctx.cancel_reason) from None
+        finally:
+            timer.cancel()
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def _succeeded(self, job: JobRow, ctx: TaskContext, output: TaskOutput) -> None:
+        meta = {**output.meta, "backend": ctx.backend}
+        result: dict[str, Any] = {"ok": True, "status": SUCCEEDED, "url": None, "filename": None}
+        if output.filename is not None:
+            result["url"] = f"{self._public_url()}/files/{output.filename}"
+            result["filename"] = output.filename
+        result["meta"] = meta
+        finished = await self._finish(job, SUCCEEDED, result, None, expect=RUNNING, progress=100)
+        if finished is None:  # deleted while it ran: its files go too
+            self._remove_files(ctx)
+        elif finished.duration_s is not None:
+            self._predictor.record(job.task, finished.duration_s)
+
+    async def _failed(self, job: JobRow, ctx: TaskContext, error: dict[str, Any]) -> None:
+        self._remove_files(ctx)
+        status = "rejected" if error.get("code") in REJECTION_CODES else FAILED
+        await self._finish(job, status, None, error, expect=RUNNING)
+
+    async def _stopped(self, job: JobRow, ctx: TaskContext) -> None:
+        self._remove_files(ctx)
+        if ctx.cancel_reason == "shutdown":
+            log.info("job %s: interrupted by shutdown, requeued", job.id)
+            await self._store.requeue(job, run_after_us=0, refund_attempt=True)
+            return
+        await self._finish(job, CANCELED, None, None, expect=RUNNING)
+
+    async def _retry(self, job: JobRow, ctx: TaskContext, exc: AhvError) -> None:
+        self._remove_files(ctx)
+        queue = self._config.queue
+        delay_s = min(queue.retry_max_s, queue.retry_base_s * 2 ** (job.attempts - 1))
+        delay_s *= random.uniform(0.5, 1.5)
+        log.info("job %s: %s, retrying in %.1f s", job.id, exc.code, delay_s)
+        retried = msgspec.structs.replace(job, error=exc.to_dict())
+        await self._store.requeue(
+            retried, run_after_us=now_us() + int(delay_s * 1e6), refund_attempt=False
+        )
+
+    async def _finish(
+        self,
+        job: JobRow,
+        status: str,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        *,
+        expect: str,
+        progress: int | None = None,
+    ) -> JobRow | None:
+        final = msgspec.structs.replace(
+            job,
+            status=status,
+            result=result,
+            error=error,
+            finished_us=now_us(),
+            progress=job.progress if progress is None else progress,
+        )
+        events = self._webhooks.finished_events(final)
+        if not await self._store.finish(final, events, expect_status=expect):
+            return None
+        log.info("job %s: %s", job.id, status)
+        self._on_finished(final)
+        if events:
+            self._webhooks.wake()
+        return final
+
+    def _progress(self, job: JobRow, percent: int) -> None:
+        running = self._running.get(job.id)
+        if running is None or percent <= running.job.progress:
+            return
+        running.job = msgspec.structs.replace(running.job, progress=percent)
+        write = asyncio.ensure_future(self._store.set_progress(job.id, percent))
+        self._background.add(write)
+        write.add_done_callback(self._background.discard)
+        self._webhooks.send_ephemeral(running.job, "job.progress")
+
+    def _remove_files(self, ctx: TaskContext) -> None:
+        for name in ctx.saved_files:
+            (self._files_dir / name).unlink(missing_ok=True)
+        ctx.saved_files.clear()

@@ -1,0 +1,532 @@
+"""All the SQL of ahv: the durable job queue and the webhook outbox, in one SQLite file.
+
+One connection, owned by one thread (a single writer, like datasette), in WAL mode. Every
+method that changes a job commits before it returns, so whatever the HTTP layer acknowledges
+survives `kill -9`. Submissions that arrive together are committed in one transaction (group
+commit), which is where the throughput of `POST /v1/jobs` comes from.
+
+The queue order is `rank_ms = queued_ms - priority * age_step_ms`, ascending: a job of
+priority p is overtaken only by jobs that arrived less than `(p' - p) * age_step` after it,
+so ageing is built into a static sort key and nothing starves.
+
+This module keeps a mirror of the queued set in memory (order, owner counts) so that queue
+depth and queue position cost no query on the hot path; only this module mutates jobs, so the
+mirror cannot drift from the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from ahv.jobs import CANCELED, QUEUED, RUNNING, JobRow
+
+T = TypeVar("T")
+
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        task TEXT NOT NULL,
+        status TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        rank_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        webhook_url TEXT,
+        webhook_events TEXT NOT NULL DEFAULT '[]',
+        idempotency_key TEXT,
+        request_hash TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        run_after_us INTEGER NOT NULL DEFAULT 0,
+        progress INTEGER NOT NULL DEFAULT 0,
+        created_us INTEGER NOT NULL,
+        queued_us INTEGER NOT NULL,
+        started_us INTEGER,
+        finished_us INTEGER,
+        predict_time REAL NOT NULL,
+        eta_us INTEGER,
+        backend TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        error TEXT
+    );
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs(owner, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_queue ON jobs(rank_ms, seq) WHERE status = 'queued';
+    CREATE INDEX jobs_status ON jobs(status, seq);
+    CREATE INDEX jobs_owner ON jobs(owner, seq);
+    CREATE INDEX jobs_task_finished ON jobs(task, finished_us) WHERE status = 'succeeded';
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_us INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_us INTEGER NOT NULL,
+        delivered_us INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox(next_attempt_us) WHERE state = 'pending';
+    CREATE INDEX outbox_job ON outbox(job_id);
+    """,
+]
+
+_JOB_COLUMNS = [f for f in JobRow.__struct_fields__]
+_JSON_COLUMNS = {"webhook_events", "result", "error"}
+
+
+class OutboxEvent(msgspec.Struct, kw_only=True):
+    """A webhook delivery: written with the job change that caused it, sent later."""
+
+    id: int = 0
+    event_id: str
+    job_id: str
+    owner: str
+    event: str
+    url: str
+    body: bytes
+    state: str = "pending"
+    attempts: int = 0
+    next_attempt_us: int
+    last_status: int | None = None
+    last_error: str | None = None
+    created_us: int
+    delivered_us: int | None = None
+
+
+class IdempotencyConflict(Exception):
+    def __init__(self, existing: JobRow) -> None:
+        super().__init__(existing.id)
+        self.existing = existing
+
+
+def _to_row(job: JobRow) -> dict[str, Any]:
+    values = msgspec.structs.asdict(job)
+    for name in _JSON_COLUMNS:
+        values[name] = None if values[name] is None else msgspec.json.encode(values[name])
+    values["cancel_requested"] = int(job.cancel_requested)
+    return values
+
+
+def _from_row(row: sqlite3.Row) -> JobRow:
+    values = dict(row)
+    for name in _JSON_COLUMNS:
+        if values[name] is not None:
+            values[name] = msgspec.json.decode(values[name])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return msgspec.convert(values, JobRow)
+
+
+def _from_outbox_row(row: sqlite3.Row) -> OutboxEvent:
+    return msgspec.convert(dict(row), OutboxEvent)
+
+
+class Store:
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self._path = path
+        self._fsync = fsync
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahv-store")
+        self._conn: sqlite3.Connection | None = None
+        self._queue_order: list[tuple[int, int]] = []  # (rank_ms, seq) of queued jobs
+        self._queued_owner: dict[int, str] = {}
+        self._owner_counts: Counter[str] = Counter()
+        self._pending_enqueues: list[tuple[JobRow, asyncio.Future[tuple[JobRow, bool]]]] = []
+        self._flush_scheduled = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._call(self._open_sync)
+        queued = await self._call(
+            lambda c: c.execute(
+                "SELECT rank_ms, seq, owner FROM jobs WHERE status = 'queued'"
+            ).fetchall()
+        )
+        for rank_ms, seq, owner in queued:
+            self._mirror_add(rank_ms, seq, owner)
+
+    def _open_sync(self, _: None) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); FULL also survives power loss.
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;")
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn = self._conn
+            await self._call(lambda _: conn.close())
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[[Any], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._conn)
+
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return value
+
+        return await self._call(run)
+
+    # -- the in-memory mirror of the queued set ------------------------------------------
+
+    def _mirror_add(self, rank_ms: int, seq: int, owner: str) -> None:
+        bisect.insort(self._queue_order, (rank_ms, seq))
+        self._queued_owner[seq] = owner
+        self._owner_counts[owner] += 1
+
+    def _mirror_remove(self, rank_ms: int, seq: int) -> None:
+        owner = self._queued_owner.pop(seq, None)
+        if owner is None:
+            return
+        index = bisect.bisect_left(self._queue_order, (rank_ms, seq))
+        if index < len(self._queue_order) and self._queue_order[index] == (rank_ms, seq):
+            del self._queue_order[index]
+        self._owner_counts[owner] -= 1
+
+    @property
+    def queued_count(self) -> int:
+        return len(self._queue_order)
+
+    def queued_for_owner(self, owner: str) -> int:
+        return self._owner_counts[owner]
+
+    def queue_position(self, job: JobRow) -> int:
+        """How many queued jobs run before this one (0 = next)."""
+        return bisect.bisect_left(self._queue_order, (job.rank_ms, job.seq))
+
+    # -- submitting ----------------------------------------------------------------------
+
+    async def enqueue(self, job: JobRow) -> tuple[JobRow, bool]:
+        """Insert a queued job; returns (job, created). With an idempotency key that was
+        already used, returns the existing job, or raises IdempotencyConflict when the
+        request differs."""
+        future: asyncio.Future[tuple[JobRow, bool]] = asyncio.get_running_loop().create_future()
+        self._pending_enqueues.append((job, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._pending_enqueues = self._pending_enqueues, []
+        self._flush_scheduled = False
+        jobs = [job for job, _ in batch]
+        try:
+            outcomes = await self._transaction(lambda c: [self._insert_sync(c, j) for j in jobs])
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, IdempotencyConflict):
+                future.set_exception(outcome)
+                continue
+            row, created = outcome
+            if created:
+                self._mirror_add(row.rank_ms, row.seq, row.owner)
+            future.set_result(outcome)
+
+    def _insert_sync(
+        self, conn: sqlite3.Connection, job: JobRow
+    ) -> tuple[JobRow, bool] | IdempotencyConflict:
+        if job.idempotency_key is not None:
+            found = conn.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                (job.owner, job.idempotency_key),
+            ).fetchone()
+            if found is not None:
+                existing = _from_row(found)
+                if existing.request_hash != job.request_hash:
+                    return IdempotencyConflict(existing)
+                return existing, False
+        values = _to_row(job)
+        del values["seq"]
+        columns = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
+        cursor = conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", values)
+        assert cursor.lastrowid is not None
+        return msgspec.structs.replace(job, seq=cursor.lastrowid), True
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRow | None:
+        row = await self._call(
+            lambda c: c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return None if row is None else _from_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        status: str | None,
+        task: str | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> list[JobRow]:
+        clauses: list[str] = ["1 = 1"]
+        params: list[str | int] = []
+        for column, value in (("owner", owner), ("status", status), ("task", task)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+        rows = await self._call(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def queued_by_task(self) -> dict[str, int]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT task, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY task"
+            ).fetchall()
+        )
+        return {task: count for task, count in rows}
+
+    async def counts_by_status(self) -> dict[str, int]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        )
+        return {status: count for status, count in rows}
+
+    async def recent_durations(self, limit_per_task: int) -> dict[str, list[float]]:
+        """Durations (s) of the latest succeeded jobs of each task, oldest first."""
+        rows = await self._call(
+            lambda c: c.execute(
+                """SELECT task, (finished_us - started_us) / 1e6 FROM (
+                       SELECT task, started_us, finished_us, ROW_NUMBER() OVER (
+                           PARTITION BY task ORDER BY finished_us DESC) AS n
+                       FROM jobs WHERE status = 'succeeded' AND started_us IS NOT NULL)
+                   WHERE n <= ? ORDER BY finished_us""",
+                (limit_per_task,),
+            ).fetchall()
+        )
+        durations: dict[str, list[float]] = {}
+        for task, seconds in rows:
+            durations.setdefault(task, []).append(seconds)
+        return durations
+
+    # -- running -------------------------------------------------------------------------
+
+    async def claim(
+        self, tasks: Sequence[str], backend: str, now_us: int, eta_us: Callable[[str], int]
+    ) -> JobRow | None:
+        """Take the first runnable queued job of one of `tasks` and mark it running."""
+        if not tasks:
+            return None
+        marks = ", ".join("?" for _ in tasks)
+
+        def run(conn: sqlite3.Connection) -> JobRow | None:
+            row = conn.execute(
+                f"""SELECT * FROM jobs WHERE status = 'queued' AND run_after_us <= ?
+                    AND task IN ({marks}) ORDER BY rank_ms, seq LIMIT 1""",
+                (now_us, *tasks),
+            ).fetchone()
+            if row is None:
+                return None
+            job = _from_row(row)
+            job = msgspec.structs.replace(
+                job,
+                status=RUNNING,
+                attempts=job.attempts + 1,
+                started_us=now_us,
+                backend=backend,
+                eta_us=eta_us(job.task),
+                progress=0,
+            )
+            conn.execute(
+                """UPDATE jobs SET status = ?, attempts = ?, started_us = ?, backend = ?,
+                   eta_us = ?, progress = 0 WHERE seq = ?""",
+                (RUNNING, job.attempts, now_us, backend, job.eta_us, job.seq),
+            )
+            return job
+
+        job = await self._transaction(run)
+        if job is not None:
+            self._mirror_remove(job.rank_ms, job.seq)
+        return job
+
+    async def set_progress(self, job_id: str, progress: int) -> None:
+        await self._call(
+            lambda c: c.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
+                (progress, job_id),
+            )
+        )
+
+    async def finish(
+        self, job: JobRow, events: Sequence[OutboxEvent], *, expect_status: str
+    ) -> bool:
+        """Write the job's final state and its webhook events in one transaction.
+
+        Only applies if the job is still in `expect_status`; returns whether it did."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                """UPDATE jobs SET status = ?, progress = ?, finished_us = ?, result = ?,
+                   error = ?, eta_us = ? WHERE id = ? AND status = ?""",
+                (
+                    job.status,
+                    job.progress,
+                    job.finished_us,
+                    None if job.result is None else msgspec.json.encode(job.result),
+                    None if job.error is None else msgspec.json.encode(job.error),
+                    job.eta_us,
+                    job.id,
+                    expect_status,
+                ),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._insert_events_sync(conn, events)
+            return True
+
+        done = await self._transaction(run)
+        if done and expect_status == QUEUED:
+            self._mirror_remove(job.rank_ms, job.seq)
+        return done
+
+    async def requeue(self, job: JobRow, *, run_after_us: int, refund_attempt: bool) -> None:
+        """Put a running job back in the queue: a retry after a transient error, or a job
+        interrupted by shutdown (which gets its attempt back)."""
+        attempts = job.attempts - 1 if refund_attempt else job.attempts
+        await self._transaction(
+            lambda c: c.execute(
+                """UPDATE jobs SET status = 'queued', attempts = ?, run_after_us = ?,
+                   started_us = NULL, backend = NULL, progress = 0, eta_us = NULL,
+                   error = ? WHERE id = ? AND status = 'running'""",
+                (
+                    attempts,
+                    run_after_us,
+                    None if job.error is None else msgspec.json.encode(job.error),
+                    job.id,
+                ),
+            )
+        )
+        self._mirror_add(job.rank_ms, job.seq, job.owner)
+
+    async def request_cancel(self, job_id: str) -> bool:
+        cursor = await self._transaction(
+            lambda c: c.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status IN (?, ?)",
+                (job_id, QUEUED, RUNNING),
+            )
+        )
+        return bool(cursor.rowcount)
+
+    async def delete(self, job: JobRow) -> None:
+        await self._transaction(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job.id,)))
+        self._mirror_remove(job.rank_ms, job.seq)
+
+    async def running_jobs(self) -> list[JobRow]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT * FROM jobs WHERE status = 'running'").fetchall()
+        )
+        return [_from_row(r) for r in rows]
+
+    async def cancel_requested_queued(self) -> list[JobRow]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT * FROM jobs WHERE status = 'queued' AND cancel_requested = 1"
+            ).fetchall()
+        )
+        return [_from_row(r) for r in rows]
+
+    # -- the webhook outbox --------------------------------------------------------------
+
+    def _insert_events_sync(self, conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
+        for event in events:
+            values = msgspec.structs.asdict(event)
+            del values["id"]
+            columns = ", ".join(values)
+            marks = ", ".join(f":{name}" for name in values)
+            conn.execute(f"INSERT INTO outbox ({columns}) VALUES ({marks})", values)
+
+    async def outbox_due(self, now_us: int, limit: int, skip: set[int]) -> list[OutboxEvent]:
+        rows = await self._call(
+            lambda c: c.execute(
+                """SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_us <= ?
+                   ORDER BY next_attempt_us LIMIT ?""",
+                (now_us, limit + len(skip)),
+            ).fetchall()
+        )
+        events = [_from_outbox_row(r) for r in rows]
+        return [e for e in events if e.id not in skip][:limit]
+
+    async def outbox_next_due_us(self, skip: set[int]) -> int | None:
+        marks = ", ".join(str(int(i)) for i in skip)
+        sql = "SELECT MIN(next_attempt_us) FROM outbox WHERE state = 'pending'"
+        if marks:
+            sql += f" AND id NOT IN ({marks})"
+        row = await self._call(lambda c: c.execute(sql).fetchone())
+        return None if row is None else row[0]
+
+    async def outbox_record(self, event: OutboxEvent) -> None:
+        """Save the outcome of a delivery attempt (state, attempts, next try, last answer)."""
+        await self._transaction(
+            lambda c: c.execute(
+                """UPDATE outbox SET state = ?, attempts = ?, next_attempt_us = ?,
+                   last_status = ?, last_error = ?, delivered_us = ? WHERE id = ?""",
+                (
+                    event.state,
+                    event.attempts,
+                    event.next_attempt_us,
+                    event.last_status,
+                    event.last_error,
+                    event.delivered_us,
+                    event.id,
+                ),
+            )
+        )
+
+    async def outbox_for_job(self, job_id: str) -> list[OutboxEvent]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT * FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        )
+        return [_from_outbox_row(r) for r in rows]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        )
+        return {state: count for state, count in rows}
+
+
+__all__ = ["CANCELED", "IdempotencyConflict", "OutboxEvent", "Store"]

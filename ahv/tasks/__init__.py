@@ -1,0 +1,41 @@
+"""The task registry: built-in tasks plus those of the plugin modules named in ahv.toml."""
+
+from __future__ import annotations
+
+import importlib
+
+from ahv.config import Config, ConfigError
+from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
+
+
+def builtin_tasks() -> list[TaskSpec]:
+    from ahv.tasks.upscale import UPSCALE
+
+    return [UPSCALE]
+
+
+def load_registry(config: Config) -> dict[str, TaskSpec]:
+    registry = {spec.name: spec for spec in builtin_tasks()}
+    for i, module_name in enumerate(config.server.plugins):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"server.plugins[{i}]: cannot import {module_name!r}: {exc}") from exc
+        specs = getattr(module, "TASKS", None)
+        if not isinstance(specs, list) or not all(isinstance(s, TaskSpec) for s in specs):
+            raise ConfigError(
+                f"server.plugins[{i}]: {module_name!r} must define TASKS, a list of TaskSpec"
+            )
+        for spec in specs:
+            registry[spec.name] = spec
+    for i, backend in enumerate(config.backends):
+        for task in backend.tasks:
+            if task not in registry:
+                known = ", ".join(sorted(registry))
+                raise ConfigError(
+                    f"backends[{i}].tasks: unknown task {task!r} (known tasks: {known})"
+                )
+    return registry
+
+
+__all__ = ["TaskContext", "TaskOutput", "TaskSpec", "load_registry"]

@@ -1,0 +1,258 @@
+"""Webhook delivery: a durable outbox for `job.finished`, best effort for the rest.
+
+`job.finished` rows are written in the same transaction as the job's final status (see
+Store.finish) and delivered at least once, across restarts, with the Standard Webhooks
+headers. Every delivery runs in its own task with its own timeout, and no host gets more than
+a few deliveries in flight, so a slow or dead receiver never holds up jobs, cancel or other
+receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import functools
+import hashlib
+import hmac
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import msgspec
+import yarl
+
+from ahv.config import Config
+from ahv.errors import AhvError
+from ahv.jobs import JobRow, job_document
+from ahv.netguard import AddressPolicy, check_url
+from ahv.store import OutboxEvent, Store
+from ahv.timeutil import iso, now_us
+
+log = logging.getLogger(__name__)
+
+FINISHED = "job.finished"
+EPHEMERAL_EVENTS = frozenset({"job.started", "job.progress"})
+EVENTS = frozenset({FINISHED, *EPHEMERAL_EVENTS})
+_PER_HOST_IN_FLIGHT = 8
+_RETRY_STATUSES = frozenset({408, 425, 429})
+
+
+def secret_bytes(secret: str) -> bytes:
+    """Standard Webhooks secrets look like `whsec_<base64>`; other strings are used as-is."""
+    if secret.startswith("whsec_"):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    return secret.encode()
+
+
+def sign(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def event_body(event: str, event_id: str, job: JobRow) -> bytes:
+    envelope: dict[str, Any] = {"event": event, "event_id": event_id, "ts": iso(now_us())}
+    return msgspec.json.encode({**envelope, **job_document(job)})
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        http: aiohttp.ClientSession,
+        policy: AddressPolicy,
+    ) -> None:
+        self._config = config.webhooks
+        self._store = store
+        self._http = http
+        self._policy = policy
+        self._secrets = {key.name: secret_bytes(key.webhook_secret) for key in config.keys}
+        self._wake = asyncio.Event()
+        self._running = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._host_in_flight: Counter[str] = Counter()
+        self._ephemeral: set[asyncio.Task[None]] = set()
+        self._last_progress_s: dict[str, float] = {}
+
+    # -- events ----------------------------------------------------------------------------
+
+    def finished_events(self, job: JobRow) -> list[OutboxEvent]:
+        self._last_progress_s.pop(job.id, None)
+        if not job.webhook_url:
+            return []
+        event_id = uuid.uuid4().hex
+        now = now_us()
+        return [
+            OutboxEvent(
+                event_id=event_id,
+                job_id=job.id,
+                owner=job.owner,
+                event=FINISHED,
+                url=job.webhook_url,
+                body=event_body(FINISHED, event_id, job),
+                next_attempt_us=now,
+                created_us=now,
+            )
+        ]
+
+    def send_ephemeral(self, job: JobRow, event: str) -> None:
+        """`job.started` / `job.progress`: only when asked for, throttled, never retried."""
+        if not job.webhook_url or event not in job.webhook_events:
+            return
+        if event == "job.progress":
+            now = time.monotonic()
+            if now - self._last_progress_s.get(job.id, 0.0) < self._config.progress_interval_s:
+                return
+            self._last_progress_s[job.id] = now
+        event_id = uuid.uuid4().hex
+        body = event_body(event, event_id, job)
+        task = asyncio.ensure_future(self._post_once(job.owner, job.webhook_url, event_id, body))
+        self._ephemeral.add(task)
+        task.add_done_callback(self._ephemeral.discard)
+
+    # -- the delivery loop ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._running = True
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def stop(self, flush_s: float) -> None:
+        """Deliver what is due for up to `flush_s`; the rest stays in the outbox for later."""
+        deadline = time.monotonic() + flush_s
+        while time.monotonic() < deadline:
+            due = await self._store.outbox_due(now_us(), 1, set(self._in_flight))
+            if not due and not self._in_flight:
+                break
+            await asyncio.sleep(0.05)
+        self._running = False
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        pending = [*self._in_flight.values(), *self._ephemeral]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while self._running:
+            self._wake.clear()
+            try:
+                await self._dispatch_due()
+                next_due = await self._store.outbox_next_due_us(set(self._in_flight))
+            except Exception:
+                log.exception("webhook outbox read failed")
+                next_due = None
+            wait_s = 1.0 if next_due is None else (next_due - now_us()) / 1e6
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(1.0, max(0.01, wait_s)))
+
+    async def _dispatch_due(self) -> None:
+        room = self._config.concurrency - len(self._in_flight)
+        if room <= 0:
+            return
+        for event in await self._store.outbox_due(now_us(), room, set(self._in_flight)):
+            host = yarl.URL(event.url).host or ""
+            if self._host_in_flight[host] >= _PER_HOST_IN_FLIGHT:
+                continue
+            self._host_in_flight[host] += 1
+            task = asyncio.create_task(self._deliver(event))
+            self._in_flight[event.id] = task
+            task.add_done_callback(functools.partial(self._delivered, event.id, host))
+
+    def _delivered(self, event_id: int, host: str, _: object) -> None:
+        self._in_flight.pop(event_id, None)
+        self._host_in_flight[host] -= 1
+        self._wake.set()
+
+    async def _deliver(self, event: OutboxEvent) -> None:
+        status, error, retry_after = await self._post(
+            event.owner, event.url, event.event_id, event.body
+        )
+        event.attempts += 1
+        event.last_status = status
+        event.last_error = error
+        retryable = error is not None and status is None  # timeouts, connection errors
+        if status is not None:
+            retryable = 300 <= status < 400 or status >= 500 or status in _RETRY_STATUSES
+        if error == "url_not_allowed":
+            retryable = False
+        if status is not None and 200 <= status < 300:
+            event.state = "delivered"
+            event.delivered_us = now_us()
+        elif retryable and event.attempts < self._config.max_attempts:
+            event.next_attempt_us = now_us() + int(self._backoff_s(event, retry_after) * 1e6)
+        else:
+            event.state = "failed"
+            log.warning("webhook %s for job %s failed for good", event.event_id, event.job_id)
+        await asyncio.shield(self._store.outbox_record(event))
+
+    def _backoff_s(self, event: OutboxEvent, retry_after_s: float | None) -> float:
+        base = self._config.retry_base_s * 2 ** (event.attempts - 1)
+        delay: float = min(self._config.retry_max_s, base) * random.uniform(0.5, 1.5)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self._config.retry_after_max_s))
+        return delay
+
+    async def _post_once(self, owner: str, url: str, event_id: str, body: bytes) -> None:
+        await self._post(owner, url, event_id, body)
+
+    async def _post(
+        self, owner: str, url: str, event_id: str, body: bytes
+    ) -> tuple[int | None, str | None, float | None]:
+        """One attempt: (HTTP status or None, error text or None, Retry-After seconds)."""
+        secret = self._secrets.get(owner, b"")
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "ahv-webhooks",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, event_id, timestamp, body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout_s)
+        try:
+            await check_url(url, self._policy, field="webhook_url")
+            async with self._http.post(
+                url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+            ) as response:
+                await response.content.read(65536)
+                error = None if response.status < 300 else f"HTTP {response.status}"
+                if 300 <= response.status < 400:
+                    error = f"HTTP {response.status} redirect (not followed)"
+                retry_after = _retry_after_s(response.headers.get("Retry-After"))
+                return response.status, error, retry_after
+        except AhvError as exc:
+            return None, exc.code, None
+        except TimeoutError:
+            return None, f"timed out after {self._config.timeout_s:g} s", None
+        except aiohttp.ClientError as exc:
+            return None, f"connection failed: {type(exc).__name__}", None
+        except OSError as exc:
+            return None, f"connection failed: {exc.strerror or type(exc).__name__}", None
