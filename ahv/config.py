@@ -59,6 +59,7 @@ class QueueConfig(_Section, frozen=True):
     timeouts_s: dict[str, PositiveFloat] = {}
     poll_interval_s: PositiveFloat = 1.0
     keep_durations: PositiveInt = 50
+    fsync: bool = False
 
 
 class WebhookConfig(_Section, frozen=True):

@@ -141,19 +141,16 @@ def _open(data: bytes, field: str) -> ImageFile.ImageFile:
 def _check_png(data: bytes) -> None:
     """Raise ValueError unless every chunk's CRC holds and IDAT inflates to the full image.
 
-    Pillow checks neither IDAT CRCs nor whether the zlib stream ended early: a flipped byte
-    or a short stream would load "successfully" as wrong or half-black pixels.
-    """
+    Pillow checks neither IDAT CRCs nor whether the zlib stream ended early: a flipped byte or
+    a short stream would load "successfully" as wrong or half-black pixels."""
     view, pos, idat, header, kind = memoryview(data), 8, [], b"", b""
     while kind != b"IEND":
         length, kind = struct.unpack_from(">I4s", data, pos) if pos + 8 <= len(data) else (0, b"")
         if not kind or pos + 12 + length > len(data):
             raise ValueError("PNG file is cut short")
         body = view[pos + 8 : pos + 8 + length]
-        if (
-            zlib.crc32(body, zlib.crc32(kind))
-            != struct.unpack_from(">I", data, pos + 8 + length)[0]
-        ):
+        (stored_crc,) = struct.unpack_from(">I", data, pos + 8 + length)
+        if zlib.crc32(body, zlib.crc32(kind)) != stored_crc:
             raise ValueError(f"bad CRC in {kind.decode('latin-1')} chunk")
         header = bytes(body) if kind == b"IHDR" else header
         idat += [body] if kind == b"IDAT" else []

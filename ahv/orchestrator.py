@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,19 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
-    """msgspec says "Expected `int`, got `str` - at `$.scale`"; we say "payload.scale: ..."."""
+    """msgspec says "Expected `int`, got `str` - at `$.scale`"; we say
+    "payload.scale: expected `int`, got `str`", naming the field first."""
     text = str(exc)
     problem, _, where = text.rpartition(" - at `")
     if not problem:
-        return f"{prefix}: {text}" if prefix else text
+        problem, where = text, "$`"
     path = where.rstrip("`").removeprefix("$").lstrip(".")
+    field = re.match(r"Object (missing required|contains unknown) field `(.+)`$", problem)
+    if field:
+        path = f"{path}.{field.group(2)}" if path else field.group(2)
+        problem = "required field is missing" if "missing" in problem else "unknown field"
     joined = ".".join(p for p in (prefix, path) if p).replace(".[", "[")
-    return f"{joined or 'body'}: {problem}"
+    return f"{joined or 'body'}: {problem[:1].lower()}{problem[1:]}"
 
 
 class Orchestrator:
@@ -53,7 +59,7 @@ class Orchestrator:
         self.registry: dict[str, TaskSpec] = load_registry(config)
         data_dir = Path(config.server.data_dir)
         self.files_dir = data_dir / "files"
-        self.store = Store(data_dir / "ahv.sqlite3", fsync=False)
+        self.store = Store(data_dir / "ahv.sqlite3", fsync=config.queue.fsync)
         self.keys = KeyRing(config.keys)
         self.policy = AddressPolicy(config.fetch.allowed_networks)
         self.predictor = Predictor(

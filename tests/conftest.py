@@ -144,9 +144,7 @@ StartServer = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
-async def start_server(
-    aiohttp_server: Any, tmp_path: Path
-) -> AsyncIterator[StartServer]:
+async def start_server(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[StartServer]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(**overrides: Any) -> Api:
@@ -216,9 +214,7 @@ class Receiver:
     ) -> list[Delivery]:
         deadline = time.monotonic() + timeout_s
         while True:
-            found = [
-                d for d in self.at(path) if event is None or d.json.get("event") == event
-            ]
+            found = [d for d in self.at(path) if event is None or d.json.get("event") == event]
             if len(found) >= count:
                 return found
             remaining = deadline - time.monotonic()

@@ -133,7 +133,7 @@ def gray16_values() -> npt.NDArray[np.uint16]:
     """16-bit gray plane that uses the low byte too (photo in the high byte, ramp in the low)."""
     gray = np.asarray(astronaut_rgb().convert("L"), dtype=np.uint16)
     ramp = np.tile(np.arange(512, dtype=np.uint16) % 256, (512, 1))
-    return (gray << 8) | ramp
+    return ((gray << 8) | ramp).astype(np.uint16)
 
 
 def gray16_png() -> bytes:

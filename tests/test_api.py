@@ -27,9 +27,10 @@ SEED_FIELDS = [
 def check_time_pair(body: dict[str, Any], name: str) -> None:
     assert ISO.match(body[name]), (name, body[name])
     parsed = datetime.fromisoformat(body[name])
-    assert body[f"{name}_ms"] == int(parsed.timestamp() * 1000) or abs(
-        body[f"{name}_ms"] - parsed.timestamp() * 1000
-    ) < 1
+    assert (
+        body[f"{name}_ms"] == int(parsed.timestamp() * 1000)
+        or abs(body[f"{name}_ms"] - parsed.timestamp() * 1000) < 1
+    )
 
 
 async def test_submit_then_signed_webhook_with_every_seed_field(
@@ -61,9 +62,10 @@ async def test_submit_then_signed_webhook_with_every_seed_field(
     for name in ("created_at", "queued_at", "started_at", "finished_at"):
         check_time_pair(body, name)
     assert body["created_at"] <= body["started_at"] <= body["finished_at"]
-    assert body["duration"] == round(
-        (body["finished_at_ms"] - body["started_at_ms"]) / 1000, 6
-    ) or abs(body["duration"] - (body["finished_at_ms"] - body["started_at_ms"]) / 1000) < 0.002
+    assert (
+        body["duration"] == round((body["finished_at_ms"] - body["started_at_ms"]) / 1000, 6)
+        or abs(body["duration"] - (body["finished_at_ms"] - body["started_at_ms"]) / 1000) < 0.002
+    )
     assert body["predict_time"] == body["predictTime"]
     assert ISO.match(body["eta_utc"])
     assert body["error"] is None

@@ -185,6 +185,16 @@ def test_single_frame_gif_is_accepted() -> None:
     assert probe_image(media.single_frame_gif()) == (64, 64, "gif")
 
 
+def test_mpo_camera_jpeg_uses_primary_image() -> None:
+    # Some cameras write MPO (a JPEG plus extra images); it is a still, not an animation.
+    photo = media.astronaut_rgb()
+    buffer = io.BytesIO()
+    photo.save(buffer, "MPO", save_all=True, append_images=[photo.rotate(90)])
+    decoded = decode(buffer.getvalue())
+    assert decoded.source_format == "jpeg"
+    assert mean_abs_diff(decoded.pixels, bgr_of(photo)) < 4
+
+
 # --- decode: refusals ----------------------------------------------------------------------
 
 
@@ -340,7 +350,7 @@ def test_plan_upscale_rejects_bad_scale() -> None:
 @pytest.mark.parametrize("target", [(300, 200), (64, 40), (128, 100)])
 def test_resize_sizes(channels: int, target: tuple[int, int]) -> None:
     pixels = decode(media.rgba_png()).pixels if channels == 4 else decode(media.gray_png()).pixels
-    pixels = cv2.resize(pixels, (128, 96), interpolation=cv2.INTER_AREA)
+    pixels = np.asarray(cv2.resize(pixels, (128, 96), interpolation=cv2.INTER_AREA), np.uint8)
     out = resize_lanczos(pixels, *target)
     assert out.shape == (target[1], target[0], channels)
     assert out.dtype == np.uint8 and out.flags.c_contiguous
@@ -359,7 +369,7 @@ def test_resize_alpha_has_no_dark_fringe() -> None:
 
 
 def test_sharpen_zero_is_identity_and_one_adds_contrast() -> None:
-    pixels = cv2.resize(decode(media.astronaut_png()).pixels, (256, 256))
+    pixels = np.asarray(cv2.resize(decode(media.astronaut_png()).pixels, (256, 256)), np.uint8)
     same = sharpen(pixels, 0)
     assert np.array_equal(same, pixels) and same is not pixels
     sharp = sharpen(pixels, 1.0)

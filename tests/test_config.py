@@ -1,0 +1,111 @@
+"""ahv.toml: strict decoding with messages that name the key, and every key documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ahv.config import Config, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD_KEY = '[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "0123456789abcdef"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[server]\nprot = 1\n", ["server", "prot"]),
+        ("[sever]\nport = 1\n", ["sever"]),
+        ('[server]\nport = "2022"\n', ["server.port", "int"]),
+        ("[server]\nport = 70000\n", ["server.port", "65535"]),
+        ("[queue]\ndefault_priority = 10\n", ["queue.default_priority", "9"]),
+        ("[[backends]]\nname = \"g\"\nslots = 0\n", ["backends[0].slots", ">= 1"]),
+        ('[[backends]]\nname = "g"\ndevice = "gpu0"\n', ["backends[0].device", "gpu0"]),
+        ('[[backends]]\nname = "g"\n[[backends]]\nname = "g"\n', ["backends[1].name"]),
+        ('[[keys]]\nname = "a"\nkey = "k"\nrole = "root"\nwebhook_secret = "0123456789abcdef"\n',
+         ["keys[0].role"]),
+        ('[[keys]]\nname = "a"\nwebhook_secret = "0123456789abcdef"\n', ["keys[0]", "key"]),
+        ('[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "short"\n',
+         ["keys[0].webhook_secret"]),
+        ('[fetch]\nallowed_networks = ["10.0.0.0/33"]\n', ["fetch.allowed_networks[0]"]),
+        ('[server]\npublic_url = "example.com"\n', ["server.public_url"]),
+        ("[server\n", ["TOML"]),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_key(text: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_sample_config_loads() -> None:
+    config = load_config(ROOT / "ahv.toml")
+    assert config.server.port == 2022
+    assert config.backends[0].device == "cpu" and "upscale" in config.backends[0].tasks
+    assert any(key.name == "demo" for key in config.keys)
+    assert parse_config(GOOD_KEY).keys[0].name == "a"
+
+
+def _documented_keys(struct: type[msgspec.Struct], prefix: str) -> list[tuple[str, str]]:
+    """(section header, key) for every leaf field of the Config tree."""
+    found: list[tuple[str, str]] = []
+    hints = {f.name: f.type for f in msgspec.structs.fields(struct)}
+    for name, hint in hints.items():
+        inner = (
+            getattr(hint, "__args__", (None,))[0]
+            if getattr(hint, "__origin__", None) is list
+            else None
+        )
+        if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            found += _documented_keys(hint, f"[{name}]")
+        elif isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            found += _documented_keys(inner, f"[[{name}]]")
+        else:
+            found.append((prefix, name))
+    return found
+
+
+def test_every_key_is_documented_in_the_sample_and_the_readme() -> None:
+    sample = (ROOT / "ahv.toml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    sections: dict[str, str] = {}
+    current = ""
+    for line in sample.splitlines():
+        header = re.match(r"^(\[\[?[a-z_.]+\]\]?)", line)
+        if header:
+            current = header.group(1)
+        sections[current] = sections.get(current, "") + line + "\n"
+    keys = _documented_keys(Config, "")
+    assert len(keys) > 40
+    for section, key in keys:
+        block = sections.get(section, "")
+        assert re.search(rf"^#?\s*{key}\s*=", block, re.M), f"{section} {key} not in ahv.toml"
+        name = f"{section.strip('[]')}.{key}"
+        assert f"`{name}`" in readme, f"{name} not documented in README.md"
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "ahv", "check-config", "--config", str(ROOT / "ahv.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[backends]]\nname = "cpu"\ntasks = ["upscale", "teleport"]\n')
+    failed = subprocess.run(
+        [sys.executable, "-m", "ahv", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert failed.returncode == 2
+    assert "backends[0].tasks" in failed.stderr and "teleport" in failed.stderr
+    assert "Traceback" not in failed.stderr
