@@ -67,9 +67,10 @@ def _install_uvloop() -> None:
 
 async def _serve(config: Config) -> None:
     from ahv.http.app import create_app
+    from ahv.http.keys import ORCHESTRATOR
 
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()
@@ -83,5 +84,8 @@ async def _serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: draining jobs and webhooks")
+    log.info("stopping: no new jobs; running jobs get %s s", config.server.shutdown_grace_s)
+    await app[ORCHESTRATOR].drain()
+    log.info("stopping: delivering due webhooks")
     await runner.cleanup()
+    log.info("stopped")

@@ -67,6 +67,7 @@ class Orchestrator:
             config.queue.keep_durations,
         )
         self.draining = False
+        self._drained = False
         self.seen_base_url = ""
         self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
         self._scheduler: Scheduler | None = None
@@ -99,12 +100,17 @@ class Orchestrator:
         await self._scheduler.start()
         await self._webhooks.start()
 
-    async def stop(self) -> None:
-        """Graceful stop: refuse new jobs, let running ones finish (or requeue them after the
-        grace period), deliver due webhooks, close the store."""
+    async def drain(self) -> None:
+        """First half of a graceful stop, while HTTP still answers: refuse new jobs (503) and
+        let running ones finish, requeueing those still running after the grace period."""
         self.draining = True
-        if self._scheduler is not None:
+        if self._scheduler is not None and not self._drained:
+            self._drained = True
             await self._scheduler.stop(self.config.server.shutdown_grace_s)
+
+    async def stop(self) -> None:
+        """Drain if not done yet, deliver due webhooks, close the store."""
+        await self.drain()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
