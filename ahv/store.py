@@ -425,7 +425,7 @@ class Store:
         """Put a running job back in the queue: a retry after a transient error, or a job
         interrupted by shutdown (which gets its attempt back)."""
         attempts = job.attempts - 1 if refund_attempt else job.attempts
-        await self._transaction(
+        cursor = await self._transaction(
             lambda c: c.execute(
                 """UPDATE jobs SET status = 'queued', attempts = ?, run_after_us = ?,
                    started_us = NULL, backend = NULL, progress = 0, eta_us = NULL,
@@ -438,7 +438,8 @@ class Store:
                 ),
             )
         )
-        self._mirror_add(job.rank_ms, job.seq, job.owner)
+        if cursor.rowcount == 1:  # not if the job was deleted meanwhile
+            self._mirror_add(job.rank_ms, job.seq, job.owner)
 
     async def request_cancel(self, job_id: str) -> bool:
         cursor = await self._transaction(

@@ -211,7 +211,9 @@ class WebhookSender:
         else:
             event.state = "failed"
             log.warning("webhook %s for job %s failed for good", event.event_id, event.job_id)
-        await asyncio.shield(self._store.outbox_record(event))
+        # If shutdown cancels us before this write, the event stays pending and is sent
+        # again after the restart: at least once, under the same webhook-id.
+        await self._store.outbox_record(event)
 
     def _backoff_s(self, event: OutboxEvent, retry_after_s: float | None) -> float:
         base = self._config.retry_base_s * 2 ** (event.attempts - 1)

@@ -30,12 +30,15 @@ and never running at the same time:
 Both servers get byte-identical requests from the same load generator (aiohttp client on
 uvloop, one connection per client). After each measurement the server is stopped and its
 SQLite file is counted: the number of rows must equal the number of 202 answers (acked =
-durable). Lines the servers log at WARNING or above are printed at the end.
+durable). Lines the servers log at WARNING or above are printed at the end, and so are the
+CPU cores the server process (all threads) and the load generator used in the measured window,
+which tell a CPU-bound run from one that waits.
 
 The result is the ratio ahv/ceiling of throughput, against a goal of 0.7. The load generator
-and the server share the machine's cores, so absolute numbers understate both servers on a
-small box; the ratio is what to compare. Exit status is 0 whatever the ratio (this is a
-report); 1 when a server fails to start.
+and the server share the machine's cores (two on the reference box), so absolute numbers
+understate both servers; the ratio is what to compare. Anything else running on the machine
+moves single runs by 10-20 %; `--rounds 2` or more interleaves the servers and pools the runs.
+Exit status is 0 whatever the ratio (this is a report); 1 when a server fails to start.
 
 Run from the repository root:
 
@@ -240,6 +243,8 @@ class Measurement:
     acked: int = 0  # 202 answers, warm-up included
     rows: int | None = None  # rows in the server's SQLite file after it stopped
     row_detail: str = ""
+    server_cpu: float | None = None  # CPU cores the server used in the window
+    client_cpu: float | None = None  # CPU cores the load generator used in the window
     log_problems: list[str] = field(default_factory=list)
 
     @property
@@ -263,8 +268,24 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def drive(
-    name: str, url: str, body: bytes, concurrency: int, warmup_s: float, seconds: float
+    name: str,
+    url: str,
+    body: bytes,
+    *,
+    server_pid: int,
+    concurrency: int,
+    warmup_s: float,
+    seconds: float,
 ) -> Measurement:
     """`concurrency` clients POST `body` back to back; count what finishes in the window."""
     result = Measurement(name=name, window_s=seconds)
@@ -291,7 +312,16 @@ async def drive(
                 if t0 <= done < t1:
                     result.latencies_ms.append((done - sent) * 1000.0)
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        async def cpu_meter() -> None:
+            await asyncio.sleep(t0 - time.perf_counter())
+            server_0, client_0 = process_cpu_s(server_pid), time.process_time()
+            await asyncio.sleep(t1 - time.perf_counter())
+            server_1, client_1 = process_cpu_s(server_pid), time.process_time()
+            if server_0 is not None and server_1 is not None:
+                result.server_cpu = (server_1 - server_0) / seconds
+            result.client_cpu = (client_1 - client_0) / seconds
+
+        await asyncio.gather(cpu_meter(), *(client() for _ in range(concurrency)))
     return result
 
 
@@ -322,8 +352,17 @@ def measure(kind: str, label: str, args: argparse.Namespace, body: bytes) -> Mea
         server = Server(kind, argv, workdir)
         try:
             base = server.start()
+            assert server.proc is not None
             result = asyncio.run(
-                drive(label, f"{base}/v1/jobs", body, args.concurrency, args.warmup, args.seconds)
+                drive(
+                    label,
+                    f"{base}/v1/jobs",
+                    body,
+                    server_pid=server.proc.pid,
+                    concurrency=args.concurrency,
+                    warmup_s=args.warmup,
+                    seconds=args.seconds,
+                )
             )
         finally:
             server.stop()
@@ -341,10 +380,20 @@ def measure(kind: str, label: str, args: argparse.Namespace, body: bytes) -> Mea
 # -- the report ------------------------------------------------------------------------------
 
 
-def row(label: str, rate: float, latencies: list[float], errors: int, durable: str) -> str:
+def row(
+    label: str, rate: float, latencies: list[float], errors: int, cpu: str = "", durable: str = ""
+) -> str:
     ordered = sorted(latencies)
     p50, p99 = percentile(ordered, 0.50), percentile(ordered, 0.99)
-    return f"{label:<14}{rate:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>9}  {durable}"
+    line = f"{label:<14}{rate:>9.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}{cpu:>13}  {durable}"
+    return line.rstrip()
+
+
+def cpu_cell(result: Measurement) -> str:
+    def cores(value: float | None) -> str:
+        return "?" if value is None else f"{value:.2f}"
+
+    return f"{cores(result.server_cpu)} / {cores(result.client_cpu)}"
 
 
 def combined(results: list[Measurement]) -> tuple[float, list[float], int]:
@@ -364,18 +413,24 @@ def report(args: argparse.Namespace, ceiling: list[Measurement], ahv: list[Measu
         f"note: {cores} CPU core(s), shared by the load generator and the server under test; "
         "absolute numbers are low on a small box, compare the ratio"
     )
+    print(
+        "cpu srv/cli: CPU cores used in the measured window by the server process (all its "
+        "threads) and by the load generator"
+    )
     print()
-    print(f"{'run':<14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}  acked = rows")
+    header = f"{'run':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu srv/cli':>13}"
+    print(f"{header}  acked = rows")
     for result in [r for pair in zip(ceiling, ahv, strict=True) for r in pair]:
         durable = f"{result.acked} = {result.rows}"
         if result.rows != result.acked:
             durable = f"{result.acked} != {result.rows}  MISMATCH"
-        print(row(result.name, result.rate, result.latencies_ms, result.errors, durable))
+        cells = (result.errors, cpu_cell(result), durable)
+        print(row(result.name, result.rate, result.latencies_ms, *cells))
     ceiling_rate, ceiling_lat, ceiling_err = combined(ceiling)
     ahv_rate, ahv_lat, ahv_err = combined(ahv)
     if args.rounds > 1:
-        print(row("ceiling (all)", ceiling_rate, ceiling_lat, ceiling_err, ""))
-        print(row("ahv (all)", ahv_rate, ahv_lat, ahv_err, ""))
+        print(row("ceiling (all)", ceiling_rate, ceiling_lat, ceiling_err))
+        print(row("ahv (all)", ahv_rate, ahv_lat, ahv_err))
     ratio = ahv_rate / ceiling_rate if ceiling_rate else 0.0
     verdict = "PASS" if ratio >= args.goal else "BELOW GOAL"
     print()
@@ -411,7 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.baseline_server and not args.db:
         parser.error("--baseline-server needs --db")
     if args.seconds <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
-        parser.error("--seconds and --concurrency and --rounds must be positive")
+        parser.error("--seconds, --concurrency and --rounds must be positive, --warmup >= 0")
     return args
 
 

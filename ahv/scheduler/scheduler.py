@@ -84,6 +84,8 @@ class Scheduler:
         self._claiming = True
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, _Running] = {}
+        # Cancels that arrived between a job's claim and the start of its run.
+        self._early_cancels: set[str] = set()
         self._background: set[asyncio.Future[None]] = set()
 
     # -- capacity, for ETAs and /diag ----------------------------------------------------
@@ -154,6 +156,8 @@ class Scheduler:
             running = self._running.get(job.id)
             if running is not None:
                 running.ctx.cancel("canceled")
+            else:
+                self._early_cancels.add(job.id)
         return await self._store.get(job.id) or job
 
     # -- the slot workers -----------------------------------------------------------------
@@ -205,6 +209,9 @@ class Scheduler:
             attempt=job.attempts,
         )
         self._running[job.id] = _Running(job, ctx)
+        if job.id in self._early_cancels or job.cancel_requested:
+            self._early_cancels.discard(job.id)
+            ctx.cancel("canceled")
         self._webhooks.send_ephemeral(job, "job.started")
         timeout_s = self._config.queue.timeouts_s.get(job.task, self._config.queue.task_timeout_s)
         log.info("job %s: running %s on %s (attempt %d)", job.id, job.task, slot_name, job.attempts)
