@@ -80,6 +80,19 @@ class AddressPolicy:
 
     def __init__(self, allowed_networks: Sequence[str] = ()) -> None:
         self._allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
+        self._literal_verdicts: dict[str, tuple[bool, str | None]] = {}
+
+    def literal_verdict(self, host: str) -> tuple[bool, str | None]:
+        """(whether `host` is an IP literal, why it is refused or None). Memoised: parsing
+        addresses is slow next to the rest of a job submission."""
+        verdict = self._literal_verdicts.get(host)
+        if verdict is None:
+            literal = _literal_ip(host)
+            verdict = (False, None) if literal is None else (True, self.blocked_reason(literal))
+            if len(self._literal_verdicts) >= 4096:
+                self._literal_verdicts.clear()
+            self._literal_verdicts[host] = verdict
+        return verdict
 
     def blocked_reason(self, ip: str | IPAddress) -> str | None:
         """None when `ip` may be contacted, else a short reason such as "loopback"."""
@@ -129,6 +142,13 @@ def _reason(addr: IPAddress) -> str | None:
     return None
 
 
+def _literal_ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _not_allowed(field: str, detail: str) -> AhvError:
     return AhvError("url_not_allowed", f"{field}: {detail}", status=422)
 
@@ -145,6 +165,11 @@ async def check_url(url: str, policy: AddressPolicy, *, field: str) -> yarl.URL:
     host = parsed.raw_host
     if not host:
         raise _not_allowed(field, f"{url!r} has no host")
+    is_literal, reason = policy.literal_verdict(host)
+    if is_literal:  # no DNS needed (forms like 2130706433 still go to getaddrinfo)
+        if reason is not None:
+            raise _not_allowed(field, f"host {host!r} is not a public address ({reason})")
+        return parsed
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM)

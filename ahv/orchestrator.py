@@ -8,7 +8,6 @@ import hashlib
 import logging
 import math
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import msgspec
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
+from ahv.ids import new_id
 from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
 from ahv.netguard import AddressPolicy, check_url, make_client_session
 from ahv.scheduler.predict import Predictor
@@ -150,11 +150,17 @@ class Orchestrator:
             )
         if not 0 <= priority <= 9:
             raise invalid_payload("priority", f"must be 0 to 9, got {priority}")
-        self._check_capacity(caller)
         canonical_payload = msgspec.json.encode(payload)
+        request_hash = self._request_hash(request, canonical_payload, priority)
+        if idempotency_key is not None:
+            # A replay gets its job back even when the queue is full now.
+            existing = await self.store.find_idempotent(caller.name, idempotency_key)
+            if existing is not None:
+                return self._replay(existing, request_hash, idempotency_key)
+        self._check_capacity(caller)
         now = now_us()
         job = JobRow(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             owner=caller.name,
             task=spec.name,
             status=QUEUED,
@@ -164,7 +170,7 @@ class Orchestrator:
             webhook_url=request.webhook_url,
             webhook_events=sorted(set(request.webhook_events)),
             idempotency_key=idempotency_key,
-            request_hash=self._request_hash(request, canonical_payload, priority),
+            request_hash=request_hash,
             max_attempts=self.config.queue.max_attempts,
             created_us=now,
             queued_us=now,
@@ -173,15 +179,20 @@ class Orchestrator:
         try:
             row, created = await self.store.enqueue(job)
         except IdempotencyConflict as exc:
-            raise AhvError(
-                "idempotency_conflict",
-                f"Idempotency-Key {idempotency_key!r} was used for job {exc.existing.id} "
-                "with a different request",
-                status=409,
-            ) from None
+            return self._replay(exc.existing, request_hash, idempotency_key)
         if created:
             self.scheduler.wake()
         return row, created
+
+    @staticmethod
+    def _replay(existing: JobRow, request_hash: str, key: str | None) -> tuple[JobRow, bool]:
+        if existing.request_hash != request_hash:
+            raise AhvError(
+                "idempotency_conflict",
+                f"Idempotency-Key {key!r} was used for job {existing.id} with a different request",
+                status=409,
+            )
+        return existing, False
 
     def _spec(self, task: str) -> TaskSpec:
         spec = self.registry.get(task)

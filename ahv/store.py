@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ T = TypeVar("T")
 _MIGRATIONS: list[str] = [
     """
     CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
         owner TEXT NOT NULL,
         task TEXT NOT NULL,
@@ -117,12 +118,18 @@ class IdempotencyConflict(Exception):
         self.existing = existing
 
 
-def _to_row(job: JobRow) -> dict[str, Any]:
-    values = msgspec.structs.asdict(job)
-    for name in _JSON_COLUMNS:
-        values[name] = None if values[name] is None else msgspec.json.encode(values[name])
-    values["cancel_requested"] = int(job.cancel_requested)
-    return values
+_INSERT_SQL = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' for _ in _JOB_COLUMNS)})"
+)
+_JSON_INDEXES = [_JOB_COLUMNS.index(name) for name in _JSON_COLUMNS]
+
+
+def _insert_values(job: JobRow) -> tuple[Any, ...]:
+    values = list(msgspec.structs.astuple(job))
+    for index in _JSON_INDEXES:
+        if values[index] is not None:
+            values[index] = msgspec.json.encode(values[index])
+    return tuple(values)
 
 
 def _from_row(row: sqlite3.Row) -> JobRow:
@@ -148,12 +155,16 @@ class Store:
         self._queued_owner: dict[int, str] = {}
         self._owner_counts: Counter[str] = Counter()
         self._pending_enqueues: list[tuple[JobRow, asyncio.Future[tuple[JobRow, bool]]]] = []
-        self._flush_scheduled = False
+        self._flusher: asyncio.Future[None] | None = None
+        self._last_seq = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
         await self._call(self._open_sync)
+        self._last_seq = await self._call(
+            lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
+        )
         queued = await self._call(
             lambda c: c.execute(
                 "SELECT rank_ms, seq, owner FROM jobs WHERE status = 'queued'"
@@ -234,51 +245,69 @@ class Store:
         request differs."""
         future: asyncio.Future[tuple[JobRow, bool]] = asyncio.get_running_loop().create_future()
         self._pending_enqueues.append((job, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_pending())
         return await future
 
-    async def _flush(self) -> None:
-        batch, self._pending_enqueues = self._pending_enqueues, []
-        self._flush_scheduled = False
-        jobs = [job for job, _ in batch]
-        try:
-            outcomes = await self._transaction(lambda c: [self._insert_sync(c, j) for j in jobs])
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, IdempotencyConflict):
-                future.set_exception(outcome)
+    async def _flush_pending(self) -> None:
+        # Group commit: while one transaction commits, new submissions pile up and go in
+        # the next one together.
+        while self._pending_enqueues:
+            batch, self._pending_enqueues = self._pending_enqueues, []
+            jobs = [job for job, _ in batch]
+            try:
+                outcomes = await self._transaction(
+                    functools.partial(self._insert_batch_sync, jobs=jobs)
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
                 continue
-            row, created = outcome
-            if created:
-                self._mirror_add(row.rank_ms, row.seq, row.owner)
-            future.set_result(outcome)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, IdempotencyConflict):
+                    future.set_exception(outcome)
+                    continue
+                row, created = outcome
+                if created:
+                    self._mirror_add(row.rank_ms, row.seq, row.owner)
+                if not future.done():
+                    future.set_result(outcome)
 
-    def _insert_sync(
-        self, conn: sqlite3.Connection, job: JobRow
-    ) -> tuple[JobRow, bool] | IdempotencyConflict:
-        if job.idempotency_key is not None:
-            found = conn.execute(
-                "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                (job.owner, job.idempotency_key),
-            ).fetchone()
-            if found is not None:
-                existing = _from_row(found)
-                if existing.request_hash != job.request_hash:
-                    return IdempotencyConflict(existing)
-                return existing, False
-        values = _to_row(job)
-        del values["seq"]
-        columns = ", ".join(values)
-        marks = ", ".join(f":{name}" for name in values)
-        cursor = conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", values)
-        assert cursor.lastrowid is not None
-        return msgspec.structs.replace(job, seq=cursor.lastrowid), True
+    def _insert_batch_sync(
+        self, conn: sqlite3.Connection, jobs: list[JobRow]
+    ) -> list[tuple[JobRow, bool] | IdempotencyConflict]:
+        outcomes: list[tuple[JobRow, bool] | IdempotencyConflict] = []
+        new_rows: list[tuple[Any, ...]] = []
+        claimed_keys: dict[tuple[str, str], JobRow] = {}
+        for job in jobs:
+            if job.idempotency_key is not None:
+                key = (job.owner, job.idempotency_key)
+                existing = claimed_keys.get(key) or self._find_idempotent_sync(conn, *key)
+                if existing is not None:
+                    same = existing.request_hash == job.request_hash
+                    outcomes.append((existing, False) if same else IdempotencyConflict(existing))
+                    continue
+            self._last_seq += 1
+            row = msgspec.structs.replace(job, seq=self._last_seq)
+            if job.idempotency_key is not None:
+                claimed_keys[(job.owner, job.idempotency_key)] = row
+            new_rows.append(_insert_values(row))
+            outcomes.append((row, True))
+        if new_rows:
+            conn.executemany(_INSERT_SQL, new_rows)
+        return outcomes
+
+    async def find_idempotent(self, owner: str, key: str) -> JobRow | None:
+        return await self._call(lambda c: self._find_idempotent_sync(c, owner, key))
+
+    def _find_idempotent_sync(
+        self, conn: sqlite3.Connection, owner: str, key: str
+    ) -> JobRow | None:
+        found = conn.execute(
+            "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+        ).fetchone()
+        return None if found is None else _from_row(found)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,16 @@ def iso(us: int | None) -> str | None:
     """`2026-02-04T18:04:19.463754+00:00`, always with microseconds, as the seed shows."""
     if us is None:
         return None
-    return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_iso_second(seconds)}.{micros:06d}+00:00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    # Job documents format the same few seconds over and over; the date part is cached.
+    return (
+        (_EPOCH + timedelta(seconds=seconds)).isoformat(timespec="seconds").removesuffix("+00:00")
+    )
 
 
 def ms(us: int | None) -> int | None:

@@ -19,7 +19,6 @@ import hmac
 import logging
 import random
 import time
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -29,6 +28,7 @@ import yarl
 
 from ahv.config import Config
 from ahv.errors import AhvError
+from ahv.ids import new_id
 from ahv.jobs import JobRow, job_document
 from ahv.netguard import AddressPolicy, check_url
 from ahv.store import OutboxEvent, Store
@@ -104,7 +104,7 @@ class WebhookSender:
         self._last_progress_s.pop(job.id, None)
         if not job.webhook_url:
             return []
-        event_id = uuid.uuid4().hex
+        event_id = new_id()
         now = now_us()
         return [
             OutboxEvent(
@@ -128,7 +128,7 @@ class WebhookSender:
             if now - self._last_progress_s.get(job.id, 0.0) < self._config.progress_interval_s:
                 return
             self._last_progress_s[job.id] = now
-        event_id = uuid.uuid4().hex
+        event_id = new_id()
         body = event_body(event, event_id, job)
         task = asyncio.ensure_future(self._post_once(job.owner, job.webhook_url, event_id, body))
         self._ephemeral.add(task)

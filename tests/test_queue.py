@@ -50,7 +50,11 @@ async def test_ageing_lets_an_old_low_priority_job_overtake(start_server: Any) -
 async def test_full_queue_answers_429_with_retry_after(start_server: Any) -> None:
     api = await start_server(backends=ONE_SLOT, queue={"max_depth": 3})
     await occupy_the_slot(api, seconds=1.0)
-    accepted = [await api.submit("sleep", {"seconds": 0}) for _ in range(3)]
+    keyed = {"Idempotency-Key": "first"}
+    request = {"task": "sleep", "payload": {"seconds": 0}}
+    status, first, _ = await api.call("POST", "/v1/jobs", json=request, headers=keyed)
+    assert status == 202
+    accepted = [first] + [await api.submit("sleep", {"seconds": 0}) for _ in range(2)]
     status, body, response = await api.call(
         "POST", "/v1/jobs", json={"task": "sleep", "payload": {}}
     )
@@ -58,6 +62,10 @@ async def test_full_queue_answers_429_with_retry_after(start_server: Any) -> Non
     assert body["error"]["code"] == "queue_full"
     assert "3" in body["error"]["message"]
     assert int(response.headers["Retry-After"]) >= 1
+    # A replay of an accepted request still gets its job back while the queue is full.
+    status, replay, _ = await api.call("POST", "/v1/jobs", json=request, headers=keyed)
+    assert status == 200, replay
+    assert replay["job_id"] == first["job_id"]
     # Nothing already accepted is lost.
     for job in accepted:
         assert (await api.wait(job["job_id"]))["status"] == "succeeded"

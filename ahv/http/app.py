@@ -9,13 +9,13 @@ from aiohttp import web
 from ahv.config import Config
 from ahv.http import direct, jobs_routes, ops_routes
 from ahv.http.keys import ORCHESTRATOR
-from ahv.http.middleware import MAX_BODY_KEY, auth_middleware, errors_middleware
+from ahv.http.middleware import MAX_BODY_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[api_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     orchestrator = Orchestrator(config)

@@ -35,9 +35,11 @@ def error_response(exc: AhvError) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One middleware (each layer costs on every request): authenticate, then turn every
+    error into the one error shape."""
     try:
-        return await handler(request)
+        return await _authenticated(request, handler)
     except AhvError as exc:
         return error_response(exc)
     except web.HTTPException as exc:
@@ -63,8 +65,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = orchestrator(request)
     if not app.seen_base_url and request.transport is not None:
         # Result URLs need this server's address when ahv.toml gives no public_url.
