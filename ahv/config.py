@@ -60,6 +60,7 @@ class QueueConfig(_Section, frozen=True):
     poll_interval_s: PositiveFloat = 1.0
     keep_durations: PositiveInt = 50
     fsync: bool = False
+    cancel_wait_s: PositiveFloat = 10.0
 
 
 class WebhookConfig(_Section, frozen=True):

@@ -137,3 +137,22 @@ async def test_started_and_progress_events_only_when_asked(api: Api, receiver: R
     ]
     assert progress == sorted(progress) and all(0 < p < 100 for p in progress)
     assert finished[0].json["job_id"] == chatty["job_id"] != plain["job_id"]
+
+
+async def test_a_task_that_skips_checkpoints_still_ends_its_job(start_server: Any) -> None:
+    api = await start_server(
+        backends=ONE_SLOT, queue={"timeouts_s": {"sleep": 0.2}, "cancel_wait_s": 0.3}
+    )
+    stubborn = await api.submit("sleep", {"seconds": 2, "steps": 4, "ignore_cancel": True})
+    waiting = await api.submit("sleep", {"seconds": 0})
+    began = time.monotonic()
+    done = await api.wait(stubborn["job_id"], timeout_s=5)
+    assert done["status"] == "failed" and done["error"]["code"] == "timeout"
+    assert time.monotonic() - began < 1.5  # not the 2 s the thread keeps running
+    # The thread still holds the slot: the next job waits for it, never running beside it.
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    assert diag["backends"][0]["busy"] == 1
+    assert (await api.job(waiting["job_id"]))["status"] == "queued"
+    after = await api.wait(waiting["job_id"], timeout_s=5)
+    assert after["status"] == "succeeded"
+    assert after["started_at_ms"] - done["finished_at_ms"] > 1000

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import msgspec
@@ -48,6 +49,13 @@ class Backend:
 class _Running:
     job: JobRow
     ctx: TaskContext
+
+
+def _retrieve(future: asyncio.Future[TaskOutput]) -> None:
+    # The outcome is read in _await_runner, or deliberately dropped for a task that was
+    # abandoned; either way asyncio should not report it as never retrieved.
+    if not future.cancelled():
+        future.exception()
 
 
 class Scheduler:
@@ -215,9 +223,11 @@ class Scheduler:
         self._webhooks.send_ephemeral(job, "job.started")
         timeout_s = self._config.queue.timeouts_s.get(job.task, self._config.queue.task_timeout_s)
         log.info("job %s: running %s on %s (attempt %d)", job.id, job.task, slot_name, job.attempts)
+        runner: asyncio.Future[TaskOutput] | None = None
         try:
             payload = msgspec.json.decode(job.payload, type=spec.payload_type)
             runner = asyncio.ensure_future(spec.run(ctx, payload))
+            runner.add_done_callback(_retrieve)
             ctx.runner = runner
             output = await self._await_runner(runner, ctx, timeout_s)
         except JobCanceled:
@@ -238,22 +248,46 @@ class Scheduler:
             await self._succeeded(job, ctx, output)
         finally:
             self._running.pop(job.id, None)
+        if runner is not None and not runner.done() and self._claiming:
+            # The job has its final status, but its thread is still busy: the slot stays
+            # taken until it ends, so the backend is never oversubscribed.
+            await asyncio.wait([runner])
 
     async def _await_runner(
         self, runner: asyncio.Future[TaskOutput], ctx: TaskContext, timeout_s: float
     ) -> TaskOutput:
-        timer = asyncio.get_running_loop().call_later(timeout_s, ctx.cancel, "timeout")
-        try:
-            return await runner
-        except (asyncio.CancelledError, JobCanceled):
-            current = asyncio.current_task()
-            if ctx.cancel_reason is None or (current is not None and current.cancelling()):
-                raise
-            if ctx.cancel_reason == "timeout":
-                raise TimeoutError from None
-            raise JobCanceled(ctx.cancel_reason) from None
-        finally:
-            timer.cancel()
+        """The task's result. On timeout, cancel or shutdown the task is told to stop; if it
+        has not stopped `queue.cancel_wait_s` later (a task that skips its checkpoints), the
+        job ends anyway, so that no job is left `running` for ever."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        give_up_at = math.inf
+        while not runner.done():
+            now = loop.time()
+            if ctx.cancel_reason is None and now >= deadline:
+                ctx.cancel("timeout")
+            if ctx.cancel_reason is not None:
+                give_up_at = min(give_up_at, now + self._config.queue.cancel_wait_s)
+                if now >= give_up_at:
+                    log.warning("job %s: the task did not stop; ending the job", ctx.job_id)
+                    break
+            stop_signal: asyncio.Future[Any] = asyncio.ensure_future(ctx.stopping.wait())
+            try:
+                await asyncio.wait(
+                    [cast("asyncio.Future[Any]", runner), stop_signal],
+                    timeout=min(deadline, give_up_at) - now,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stop_signal.cancel()
+        if runner.done() and (
+            ctx.cancel_reason is None  # its result, or what it raised
+            or (not runner.cancelled() and runner.exception() is None)  # done as told to stop
+        ):
+            return runner.result()
+        if ctx.cancel_reason == "timeout":
+            raise TimeoutError
+        raise JobCanceled(ctx.cancel_reason or "canceled")
 
     # -- outcomes --------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class TaskContext:
     runner: asyncio.Future[Any] | None = None
     saved_files: list[str] = field(default_factory=list)
     _cancel: threading.Event = field(default_factory=threading.Event)
+    # The same signal for the event loop side (the scheduler waits on it).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def cancel(self, reason: str) -> None:
         """Ask the job to stop; called on the event loop (cancel, timeout, shutdown)."""
@@ -71,6 +73,7 @@ class TaskContext:
             return
         self.cancel_reason = reason
         self._cancel.set()
+        self.stopping.set()
         # Also interrupt awaits outside threads, such as a download in progress.
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
