@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from ahv.config import Config, ConfigError, load_config
+from ahv.errors import StartupError
 
 log = logging.getLogger("ahv")
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(config))
     except ConfigError as exc:
         print(f"ahv: config error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"ahv: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0
 

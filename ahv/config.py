@@ -7,6 +7,8 @@ sample `ahv.toml` and in the README; tests/test_config.py fails when one is not.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import re
 from pathlib import Path
@@ -146,17 +148,7 @@ def _readable(message: str) -> str:
 
 
 def _check(config: Config) -> list[str]:
-    problems: list[str] = []
-    names: set[str] = set()
-    for i, key in enumerate(config.keys):
-        where = f"keys[{i}]"
-        if key.name in names:
-            problems.append(f"{where}.name: duplicate key name {key.name!r}")
-        names.add(key.name)
-        if bool(key.key) == bool(key.key_sha256):
-            problems.append(f"{where}: give exactly one of `key` or `key_sha256`")
-        if key.key_sha256 and not _SHA256.match(key.key_sha256):
-            problems.append(f"{where}.key_sha256: must be 64 lowercase hex digits")
+    problems = _check_keys(config.keys)
     backend_names: set[str] = set()
     for i, backend in enumerate(config.backends):
         where = f"backends[{i}]"
@@ -167,9 +159,35 @@ def _check(config: Config) -> list[str]:
             problems.append(f"{where}.device: {backend.device!r} is not `cpu` or `cuda:N`")
     for i, network in enumerate(config.fetch.allowed_networks):
         try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            problems.append(f"fetch.allowed_networks[{i}]: {network!r} is not an IP network")
+            ipaddress.ip_network(network)
+        except ValueError as exc:
+            problems.append(f"fetch.allowed_networks[{i}]: {network!r}: {exc}")
     if config.server.public_url and not re.match(r"^https?://", config.server.public_url):
         problems.append("server.public_url: must start with http:// or https://")
+    return problems
+
+
+def _check_keys(keys: list[KeyConfig]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, key in enumerate(keys):
+        where = f"keys[{i}]"
+        if key.name in names:
+            problems.append(f"{where}.name: duplicate key name {key.name!r}")
+        names.add(key.name)
+        if bool(key.key) == bool(key.key_sha256):
+            problems.append(f"{where}: give exactly one of `key` or `key_sha256`")
+        if key.key_sha256 and not _SHA256.match(key.key_sha256):
+            problems.append(f"{where}.key_sha256: must be 64 lowercase hex digits")
+    digests: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        digest = key.key_sha256 or hashlib.sha256(key.key.encode()).hexdigest()
+        if digest in digests:
+            problems.append(f"keys[{i}]: the same key as keys[{digests[digest]}]")
+        digests.setdefault(digest, i)
+        if key.webhook_secret.startswith("whsec_"):
+            try:
+                base64.b64decode(key.webhook_secret.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                problems.append(f"keys[{i}].webhook_secret: whsec_ must be followed by base64")
     return problems

@@ -43,6 +43,10 @@ class JobCanceled(Exception):
         self.reason = reason
 
 
+class StartupError(Exception):
+    """The server cannot start (data dir in use, ...); the message says why."""
+
+
 def invalid_payload(field: str, problem: str) -> AhvError:
     return AhvError("invalid_payload", f"{field}: {problem}", status=422)
 

@@ -9,7 +9,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -33,7 +33,7 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     task: str
     payload: msgspec.Raw = msgspec.Raw(b"{}")
     webhook_url: str | None = None
-    priority: int | None = None
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] | None = None
     webhook_events: list[str] = []
 
 
@@ -148,8 +148,6 @@ class Orchestrator:
             priority = (
                 self.config.queue.default_priority if request.priority is None else request.priority
             )
-        if not 0 <= priority <= 9:
-            raise invalid_payload("priority", f"must be 0 to 9, got {priority}")
         canonical_payload = msgspec.json.encode(payload)
         request_hash = self._request_hash(request, canonical_payload, priority)
         if idempotency_key is not None:
@@ -218,6 +216,8 @@ class Orchestrator:
             raise AhvError(
                 "invalid_json", f"payload is not valid JSON: {exc}", status=400
             ) from None
+        except RecursionError:
+            raise AhvError("invalid_json", "payload: JSON nested too deeply", status=400) from None
         if spec.validate is not None:
             spec.validate(payload, self.config)
         return payload
@@ -232,16 +232,20 @@ class Orchestrator:
             await check_url(request.webhook_url, self.policy, field="webhook_url")
 
     def _check_capacity(self, caller: Caller) -> None:
+        # No await between this check and Store.enqueue taking the job in: both run in one
+        # step of the event loop, so concurrent submits cannot overshoot the limits.
         self.keys.take_rate_token(caller)
         queue = self.config.queue
-        if self.store.queued_count >= queue.max_depth:
+        depth = self.store.queued_or_pending_count
+        if depth >= queue.max_depth:
             raise AhvError(
                 "queue_full",
-                f"the queue holds {self.store.queued_count} jobs, its limit is {queue.max_depth}",
+                f"the queue holds {depth} jobs, its limit is {queue.max_depth}",
                 status=429,
                 retry_after_s=self._drain_estimate_s(),
             )
-        if caller.max_queued and self.store.queued_for_owner(caller.name) >= caller.max_queued:
+        mine = self.store.queued_or_pending_for_owner(caller.name)
+        if caller.max_queued and mine >= caller.max_queued:
             raise AhvError(
                 "queue_full",
                 f"key {caller.name!r} already has {caller.max_queued} jobs queued (its limit)",
@@ -330,7 +334,7 @@ class Orchestrator:
         )
         return {
             "ok": True,
-            "counts": await self.store.counts_by_status(),
+            "counts": await self.store.counts_by_status(None if caller.is_admin else caller.name),
             "queue_depth": self.store.queued_count,
             "running": self.scheduler.running_count,
             "mean_duration_s": self.predictor.mean_durations(),

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import fcntl
 import functools
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import msgspec
 
+from ahv.errors import StartupError
 from ahv.jobs import CANCELED, QUEUED, RUNNING, JobRow
 
 T = TypeVar("T")
@@ -75,6 +77,7 @@ _MIGRATIONS: list[str] = [
         owner TEXT NOT NULL,
         event TEXT NOT NULL,
         url TEXT NOT NULL,
+        host TEXT NOT NULL,
         body BLOB NOT NULL,
         state TEXT NOT NULL DEFAULT 'pending',
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -102,6 +105,7 @@ class OutboxEvent(msgspec.Struct, kw_only=True):
     owner: str
     event: str
     url: str
+    host: str
     body: bytes
     state: str = "pending"
     attempts: int = 0
@@ -151,11 +155,13 @@ class Store:
         self._fsync = fsync
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahv-store")
         self._conn: sqlite3.Connection | None = None
+        self._lock_file: IO[str] | None = None
         self._queue_order: list[tuple[int, int]] = []  # (rank_ms, seq) of queued jobs
         self._queued_owner: dict[int, str] = {}
         self._owner_counts: Counter[str] = Counter()
         self._pending_enqueues: list[tuple[JobRow, asyncio.Future[tuple[JobRow, bool]]]] = []
         self._flusher: asyncio.Future[None] | None = None
+        self._committing: list[JobRow] = []  # the batch inside the current transaction
         self._last_seq = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -175,6 +181,17 @@ class Store:
 
     def _open_sync(self, _: None) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        # One process per queue file: a second ahv on the same data dir would take the
+        # first one's running jobs for crashed ones and run them again.
+        lock = (self._path.parent / f"{self._path.name}.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise StartupError(
+                f"another ahv process is using {self._path}; one data_dir per server"
+            ) from None
+        self._lock_file = lock
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -191,6 +208,9 @@ class Store:
             conn = self._conn
             await self._call(lambda _: conn.close())
             self._conn = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
         self._executor.shutdown(wait=True)
 
     async def _call(self, fn: Callable[[Any], T]) -> T:
@@ -233,6 +253,17 @@ class Store:
     def queued_for_owner(self, owner: str) -> int:
         return self._owner_counts[owner]
 
+    @property
+    def queued_or_pending_count(self) -> int:
+        """Queued jobs plus submissions waiting for the next group commit: what a capacity
+        check must count, or concurrent submits would all pass it."""
+        return len(self._queue_order) + len(self._pending_enqueues) + len(self._committing)
+
+    def queued_or_pending_for_owner(self, owner: str) -> int:
+        waiting = [job for job, _ in self._pending_enqueues]
+        pending = sum(1 for job in (*waiting, *self._committing) if job.owner == owner)
+        return self._owner_counts[owner] + pending
+
     def queue_position(self, job: JobRow) -> int:
         """How many queued jobs run before this one (0 = next)."""
         return bisect.bisect_left(self._queue_order, (job.rank_ms, job.seq))
@@ -255,6 +286,7 @@ class Store:
         while self._pending_enqueues:
             batch, self._pending_enqueues = self._pending_enqueues, []
             jobs = [job for job, _ in batch]
+            self._committing = jobs
             try:
                 outcomes = await self._transaction(
                     functools.partial(self._insert_batch_sync, jobs=jobs)
@@ -263,6 +295,7 @@ class Store:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+                self._committing = []
                 continue
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, IdempotencyConflict):
@@ -273,6 +306,7 @@ class Store:
                     self._mirror_add(row.rank_ms, row.seq, row.owner)
                 if not future.done():
                     future.set_result(outcome)
+            self._committing = []
 
     def _insert_batch_sync(
         self, conn: sqlite3.Connection, jobs: list[JobRow]
@@ -347,9 +381,12 @@ class Store:
         )
         return {task: count for task, count in rows}
 
-    async def counts_by_status(self) -> dict[str, int]:
+    async def counts_by_status(self, owner: str | None) -> dict[str, int]:
+        where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         rows = await self._call(
-            lambda c: c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            lambda c: c.execute(
+                f"SELECT status, COUNT(*) FROM jobs {where} GROUP BY status", params
+            ).fetchall()
         )
         return {status: count for status, count in rows}
 
@@ -507,24 +544,36 @@ class Store:
             marks = ", ".join(f":{name}" for name in values)
             conn.execute(f"INSERT INTO outbox ({columns}) VALUES ({marks})", values)
 
-    async def outbox_due(self, now_us: int, limit: int, skip: set[int]) -> list[OutboxEvent]:
-        rows = await self._call(
-            lambda c: c.execute(
-                """SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_us <= ?
-                   ORDER BY next_attempt_us LIMIT ?""",
-                (now_us, limit + len(skip)),
-            ).fetchall()
-        )
-        events = [_from_outbox_row(r) for r in rows]
-        return [e for e in events if e.id not in skip][:limit]
+    async def outbox_due(
+        self, now_us: int, limit: int, skip_ids: set[int], skip_hosts: set[str]
+    ) -> list[OutboxEvent]:
+        """Due deliveries, oldest first, leaving out those in flight and those to hosts that
+        already have their share in flight (so one slow host cannot fill the batch)."""
+        sql, params = self._outbox_pending_filter(skip_ids, skip_hosts)
+        sql = f"SELECT * FROM outbox WHERE {sql} AND next_attempt_us <= ? "
+        sql += "ORDER BY next_attempt_us LIMIT ?"
+        rows = await self._call(lambda c: c.execute(sql, (*params, now_us, limit)).fetchall())
+        return [_from_outbox_row(r) for r in rows]
 
-    async def outbox_next_due_us(self, skip: set[int]) -> int | None:
-        marks = ", ".join(str(int(i)) for i in skip)
-        sql = "SELECT MIN(next_attempt_us) FROM outbox WHERE state = 'pending'"
-        if marks:
-            sql += f" AND id NOT IN ({marks})"
-        row = await self._call(lambda c: c.execute(sql).fetchone())
+    async def outbox_next_due_us(self, skip_ids: set[int], skip_hosts: set[str]) -> int | None:
+        sql, params = self._outbox_pending_filter(skip_ids, skip_hosts)
+        row = await self._call(
+            lambda c: c.execute(
+                f"SELECT MIN(next_attempt_us) FROM outbox WHERE {sql}", params
+            ).fetchone()
+        )
         return None if row is None else row[0]
+
+    @staticmethod
+    def _outbox_pending_filter(
+        skip_ids: set[int], skip_hosts: set[str]
+    ) -> tuple[str, tuple[Any, ...]]:
+        sql = "state = 'pending'"
+        if skip_ids:
+            sql += f" AND id NOT IN ({', '.join('?' for _ in skip_ids)})"
+        if skip_hosts:
+            sql += f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})"
+        return sql, (*skip_ids, *skip_hosts)
 
     async def outbox_record(self, event: OutboxEvent) -> None:
         """Save the outcome of a delivery attempt (state, attempts, next try, last answer)."""

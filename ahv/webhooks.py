@@ -113,6 +113,7 @@ class WebhookSender:
                 owner=job.owner,
                 event=FINISHED,
                 url=job.webhook_url,
+                host=yarl.URL(job.webhook_url).host or "",
                 body=event_body(FINISHED, event_id, job),
                 next_attempt_us=now,
                 created_us=now,
@@ -147,7 +148,9 @@ class WebhookSender:
         """Deliver what is due for up to `flush_s`; the rest stays in the outbox for later."""
         deadline = time.monotonic() + flush_s
         while time.monotonic() < deadline:
-            due = await self._store.outbox_due(now_us(), 1, set(self._in_flight))
+            due = await self._store.outbox_due(
+                now_us(), 1, set(self._in_flight), self._full_hosts()
+            )
             if not due and not self._in_flight:
                 break
             await asyncio.sleep(0.05)
@@ -165,7 +168,9 @@ class WebhookSender:
             self._wake.clear()
             try:
                 await self._dispatch_due()
-                next_due = await self._store.outbox_next_due_us(set(self._in_flight))
+                next_due = await self._store.outbox_next_due_us(
+                    set(self._in_flight), self._full_hosts()
+                )
             except Exception:
                 log.exception("webhook outbox read failed")
                 next_due = None
@@ -177,18 +182,24 @@ class WebhookSender:
         room = self._config.concurrency - len(self._in_flight)
         if room <= 0:
             return
-        for event in await self._store.outbox_due(now_us(), room, set(self._in_flight)):
-            host = yarl.URL(event.url).host or ""
+        due = await self._store.outbox_due(now_us(), room, set(self._in_flight), self._full_hosts())
+        for event in due:
+            host = event.host
             if self._host_in_flight[host] >= _PER_HOST_IN_FLIGHT:
-                continue
+                continue  # filled up by an earlier event of this batch; next round
             self._host_in_flight[host] += 1
             task = asyncio.create_task(self._deliver(event))
             self._in_flight[event.id] = task
             task.add_done_callback(functools.partial(self._delivered, event.id, host))
 
+    def _full_hosts(self) -> set[str]:
+        return {h for h, n in self._host_in_flight.items() if n >= _PER_HOST_IN_FLIGHT}
+
     def _delivered(self, event_id: int, host: str, _: object) -> None:
         self._in_flight.pop(event_id, None)
         self._host_in_flight[host] -= 1
+        if self._host_in_flight[host] <= 0:
+            del self._host_in_flight[host]
         self._wake.set()
 
     async def _deliver(self, event: OutboxEvent) -> None:

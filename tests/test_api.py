@@ -93,6 +93,10 @@ async def test_submit_then_signed_webhook_with_every_seed_field(
         assert response.status == 206
         assert await response.read() == data[:100]
         assert response.headers["Content-Range"] == f"bytes 0-99/{len(data)}"
+    headers = {"Range": f"bytes={len(data) + 10}-"}
+    async with api.session.get(result["url"], headers=headers) as response:
+        assert response.status == 416
+        assert (await response.json())["error"]["code"] == "range_not_satisfiable"
 
 
 async def test_job_without_webhook_url_has_none(api: Api, media: MediaServer) -> None:

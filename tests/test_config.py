@@ -35,6 +35,10 @@ GOOD_KEY = '[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "0123456789abcdef"
         ('[fetch]\nallowed_networks = ["10.0.0.0/33"]\n', ["fetch.allowed_networks[0]"]),
         ('[server]\npublic_url = "example.com"\n', ["server.public_url"]),
         ("[server\n", ["TOML"]),
+        (GOOD_KEY + GOOD_KEY.replace('"a"', '"b"'), ["keys[1]", "same key as keys[0]"]),
+        (GOOD_KEY.replace('"0123456789abcdef"', '"whsec_!!!notbase64!!!"'),
+         ["keys[0].webhook_secret", "base64"]),
+        ('[fetch]\nallowed_networks = ["127.0.0.1/8"]\n', ["fetch.allowed_networks[0]"]),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key(text: str, names: list[str]) -> None:
@@ -100,6 +104,16 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('[[backends]]\nname = "cpu"\ntasks = ["upscale", "teleport"]\n')
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[queue]\ntimeouts_s = { upscal = 5 }\n")
+    failed_typo = subprocess.run(
+        [sys.executable, "-m", "ahv", "check-config", "--config", str(typo)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert failed_typo.returncode == 2
+    assert "queue.timeouts_s" in failed_typo.stderr and "upscal" in failed_typo.stderr
     failed = subprocess.run(
         [sys.executable, "-m", "ahv", "check-config", "--config", str(bad)],
         capture_output=True,

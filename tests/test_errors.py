@@ -20,8 +20,12 @@ def cases(image_url: str) -> list[tuple[str, str, dict[str, Any], int, str, str]
         ("POST", job, {"json": {"task": "sleep", "bogus": 1}}, 422, "invalid_request", "bogus"),
         ("POST", job, {"json": {"task": "sleep", "priority": "hi"}}, 422, "invalid_request",
          "priority"),
-        ("POST", job, {"json": {"task": "sleep", "priority": 12}}, 422, "invalid_payload",
+        ("POST", job, {"json": {"task": "sleep", "priority": 12}}, 422, "invalid_request",
          "priority"),
+        ("POST", job, {"json": {"task": "sleep", "priority": "9"}}, 422, "invalid_request",
+         "priority"),
+        ("POST", job, {"data": b'{"task": "sleep", "payload": {"x": ' + b"[" * 100_000
+                       + b"]" * 100_000 + b"}}"}, 400, "invalid_json", "nested"),
         ("POST", job, {"json": {"task": "nope"}}, 422, "unknown_task", "nope"),
         ("POST", job, {"json": {"task": "upscale", "payload": {}}}, 422, "invalid_payload",
          "payload.image_url"),

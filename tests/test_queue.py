@@ -91,3 +91,14 @@ async def test_per_key_queue_limit_and_rate_limit(start_server: Any, tmp_path: A
     assert status == 429 and body["error"]["code"] == "rate_limited"
     assert int(response.headers["Retry-After"]) >= 1
     assert KEY_A != KEY_B
+
+
+async def test_concurrent_submits_do_not_overshoot_the_queue_limit(start_server: Any) -> None:
+    api = await start_server(backends=ONE_SLOT, queue={"max_depth": 10})
+    await occupy_the_slot(api, seconds=1.0)
+    request = {"task": "sleep", "payload": {"seconds": 0}}
+    answers = await asyncio.gather(*[api.call("POST", "/v1/jobs", json=request) for _ in range(40)])
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(202) == 10
+    assert statuses.count(429) == 30
+    assert api.orchestrator.store.queued_count == 10

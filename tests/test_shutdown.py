@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import KEY_A, Receiver
 from tests.test_crash import ahv_process, job, submit, wait_all_final
@@ -83,3 +84,14 @@ async def test_sigterm_requeues_a_job_still_running_after_the_grace_period(
         # Back in the queue with its attempt given back, then run again.
         doc = await wait_status(session, url, long_job, "running")
         assert doc["attempts"] == 1
+
+
+async def test_a_second_server_on_the_same_data_dir_refuses_to_start(
+    ahv_process: Any,
+) -> None:
+    first = ahv_process()
+    await asyncio.to_thread(first.start)
+    second = ahv_process()
+    with pytest.raises(AssertionError, match="another ahv process is using"):
+        await asyncio.to_thread(second.start)
+    assert second.proc is not None and second.proc.wait(10) == 2

@@ -116,3 +116,26 @@ async def test_webhook_url_guard_at_submit(start_server: Any) -> None:
         assert status == 422, url
         assert body["error"]["code"] == "url_not_allowed"
         assert "webhook_url" in body["error"]["message"]
+
+
+async def test_a_slow_host_does_not_delay_other_hosts(
+    start_server: Any, receiver: Receiver, aiohttp_server: Any
+) -> None:
+    # More slow events than the per-host share (8) and than one dispatch batch would hold.
+    from aiohttp import web
+
+    other = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", other.handle)
+    other.server = await aiohttp_server(app, host="127.0.0.2")
+    api = await start_server(
+        fetch={"allowed_networks": ["127.0.0.1/32", "127.0.0.2/32"]},
+        webhooks={"concurrency": 10},
+    )
+    for _ in range(30):
+        await api.submit("sleep", {"seconds": 0}, webhook_url=receiver.url("/slow"))
+    await receiver.wait_for("/slow", count=8)
+    began = time.monotonic()
+    await api.submit("sleep", {"seconds": 0}, webhook_url=other.url("/ok"))
+    await other.wait_for("/ok", timeout_s=5)
+    assert time.monotonic() - began < 0.9

@@ -31,6 +31,8 @@ async def read_json(request: web.Request, type_: type[Any]) -> Any:
         raise AhvError("invalid_request", validation_message(exc, ""), status=422) from None
     except msgspec.DecodeError as exc:
         raise AhvError("invalid_json", f"body is not valid JSON: {exc}", status=400) from None
+    except RecursionError:
+        raise AhvError("invalid_json", "body: JSON nested too deeply", status=400) from None
 
 
 @routes.post("/v1/jobs")

@@ -48,12 +48,26 @@ async def diag_backends(request: web.Request) -> web.Response:
     )
 
 
+def _check_range(request: web.Request, size: int) -> None:
+    # aiohttp answers an unsatisfiable Range with an empty 416; ours says why, in our shape.
+    try:
+        wanted = request.http_range
+    except ValueError:
+        raise AhvError("invalid_range", "Range: not a valid byte range", status=416) from None
+    start = wanted.start
+    if start is not None and start >= size:
+        raise AhvError(
+            "range_not_satisfiable", f"Range: starts at byte {start}, file has {size}", status=416
+        )
+
+
 @routes.get("/files/{name}")
 async def result_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     path = orchestrator(request).files_dir / name
     if not _FILE_NAME.match(name) or not path.is_file():
         raise AhvError("file_not_found", f"no result file {name!r}", status=404)
+    _check_range(request, path.stat().st_size)
     extension = name.rsplit(".", 1)[1]
     response = web.FileResponse(path)
     response.content_type = _CONTENT_TYPES.get(extension, "application/octet-stream")

@@ -35,6 +35,9 @@ def load_registry(config: Config) -> dict[str, TaskSpec]:
                 raise ConfigError(
                     f"backends[{i}].tasks: unknown task {task!r} (known tasks: {known})"
                 )
+    for task in config.queue.timeouts_s:
+        if task not in registry:
+            raise ConfigError(f"queue.timeouts_s: unknown task {task!r}")
     return registry
 
 
