@@ -1,4 +1,4 @@
-"""`ahv serve`, `ahv check-config`; also `python -m ahv`."""
+"""`ahv serve`, `ahv check-config`, `ahv models list|fetch`; also `python -m ahv`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="override server.host")
     check = commands.add_parser("check-config", help="validate ahv.toml and exit")
     check.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    models = commands.add_parser("models", help="the model files named in ahv.toml")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_list = models_commands.add_parser("list", help="configured, present, verified")
+    models_list.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    models_fetch = models_commands.add_parser("fetch", help="download a model from its url")
+    models_fetch.add_argument("name", help="a model name in [models.files]")
+    models_fetch.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             load_registry(config)
             print(f"{args.config}: ok")
             return 0
+        if args.command == "models":
+            return _models(config, args.models_command, getattr(args, "name", ""))
         overrides = {"port": args.port, "host": args.host}
         server = config.server
         import msgspec
@@ -58,6 +67,44 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"ahv: cannot start: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _models(config: Config, command: str, name: str) -> int:
+    from ahv.errors import AhvError
+    from ahv.models.registry import ModelRegistry
+
+    registry = ModelRegistry(config.models)
+    if command == "list":
+        rows = [("name", "file", "status", "size")]
+        for model in registry.names():
+            size = registry.size(model)
+            shown = "-" if size is None else f"{size / 1e6:.1f} MB"
+            rows.append((model, str(registry.path(model)), registry.status(model), shown))
+        if len(rows) == 1:
+            print(f"no models configured in [models.files] (models.dir = {registry.dir})")
+            return 0
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]))
+        return 0
+    from ahv.models.fetch import fetch_model, text_progress
+
+    drawn: list[str] = []
+
+    def draw(text: str) -> None:
+        drawn.append(text)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    try:
+        path = asyncio.run(fetch_model(registry, name, progress=text_progress(draw)))
+    except AhvError as exc:
+        print("\n" if drawn else "", end="", file=sys.stderr)
+        print(f"ahv: models fetch: {exc.message}", file=sys.stderr)
+        return 2
+    print("\n" if drawn else "", end="", file=sys.stderr)
+    print(f"model {name}: saved {path} ({registry.status(name)})")
     return 0
 
 

@@ -91,8 +91,20 @@ class LimitsConfig(_Section, frozen=True):
     max_side: PositiveInt = 16_384
 
 
+class ModelFileConfig(_Section, frozen=True):
+    # The file's name inside models.dir (as its publisher names it, e.g. "det_10g.onnx").
+    file: Annotated[str, msgspec.Meta(min_length=1)]
+    # 64 lowercase hex digits; empty = not checked (`ahv models list` says "unverified").
+    sha256: str = ""
+    # Where `ahv models fetch NAME` downloads it from (http or https); never used at run time.
+    url: str = ""
+
+
 class ModelsConfig(_Section, frozen=True):
     dir: str = "./models"
+    # 0 = no limit; else each CUDA session's memory arena is capped at this many MB.
+    gpu_mem_limit_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    files: dict[str, ModelFileConfig] = {}
 
 
 class BackendConfig(_Section, frozen=True):
@@ -100,6 +112,21 @@ class BackendConfig(_Section, frozen=True):
     device: str = "cpu"
     slots: PositiveInt = 1
     tasks: list[str] = []
+    # A `cuda:N` backend whose sessions would run on CPU stops the start instead of being
+    # marked degraded in /diag/backends.
+    require_gpu: bool = False
+
+
+class FaceSwapConfig(_Section, frozen=True):
+    detector: str = "mtcnn"
+    recognizer: str = "w600k_r50"
+    swapper: str = "inswapper_128"
+    min_face_px: PositiveInt = 20
+    det_size: Annotated[int, msgspec.Meta(ge=32, le=2048, multiple_of=32)] = 640
+    score_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    nsfw_model: str = ""
+    nsfw_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    nsfw_class: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 class Config(_Section, frozen=True):
@@ -110,11 +137,13 @@ class Config(_Section, frozen=True):
     fetch: FetchConfig = FetchConfig()
     limits: LimitsConfig = LimitsConfig()
     models: ModelsConfig = ModelsConfig()
+    faceswap: FaceSwapConfig = FaceSwapConfig()
     backends: list[BackendConfig] = []
 
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def load_config(path: str | Path) -> Config:
@@ -129,13 +158,30 @@ def parse_config(raw: bytes | str, *, source: str = "ahv.toml") -> Config:
     try:
         config = msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc))}") from exc
+        message = _readable(str(exc))
+        if message.startswith("models.files[...]"):  # msgspec does not name dict keys
+            message = _model_entry_error(raw) or message
+        raise ConfigError(f"{source}: {message}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     problems = _check(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
+
+
+def _model_entry_error(raw: bytes | str) -> str | None:
+    """The first bad [models.files.NAME] entry, named: "models.files.NAME: problem"."""
+    files = msgspec.toml.decode(raw).get("models", {}).get("files", {})
+    for name, entry in files.items() if isinstance(files, dict) else []:
+        try:
+            msgspec.convert(entry, ModelFileConfig)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            # "file: Expected `str`..." (a field named) or "Object missing required field"
+            inside = " - at `$." in text
+            return f"models.files.{name}{'.' if inside else ': '}{_readable(text)}"
+    return None
 
 
 def _readable(message: str) -> str:
@@ -164,6 +210,23 @@ def _check(config: Config) -> list[str]:
             problems.append(f"fetch.allowed_networks[{i}]: {network!r}: {exc}")
     if config.server.public_url and not re.match(r"^https?://", config.server.public_url):
         problems.append("server.public_url: must start with http:// or https://")
+    problems += _check_models(config.models)
+    return problems
+
+
+def _check_models(models: ModelsConfig) -> list[str]:
+    problems: list[str] = []
+    for name, entry in models.files.items():
+        where = f"models.files.{name}"
+        if not _MODEL_NAME.match(name):
+            problems.append(f"{where}: a model name is letters, digits, `_`, `.` and `-`")
+        file = Path(entry.file)
+        if file.is_absolute() or ".." in file.parts:
+            problems.append(f"{where}.file: must be a relative path inside models.dir")
+        if entry.sha256 and not _SHA256.match(entry.sha256):
+            problems.append(f"{where}.sha256: must be 64 lowercase hex digits (or empty)")
+        if entry.url and not re.match(r"^https?://[^/\s]+", entry.url):
+            problems.append(f"{where}.url: must start with http:// or https://")
     return problems
 
 

@@ -15,9 +15,11 @@ import msgspec
 
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
-from ahv.errors import AhvError, invalid_payload
+from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
 from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
+from ahv.models.registry import ModelRegistry
+from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
@@ -62,6 +64,13 @@ class Orchestrator:
         self.store = Store(data_dir / "ahv.sqlite3", fsync=config.queue.fsync)
         self.keys = KeyRing(config.keys)
         self.policy = AddressPolicy(config.fetch.allowed_networks)
+        # Model files and the ONNX Runtime sessions loaded from them (lazily, in job threads).
+        self.models = ModelRegistry(config.models)
+        self.sessions = SessionCache(
+            self.models,
+            gpu_mem_limit_mb=config.models.gpu_mem_limit_mb,
+            require_gpu={b.device for b in config.backends if b.require_gpu},
+        )
         self.predictor = Predictor(
             {name: spec.default_predict_s for name, spec in self.registry.items()},
             config.queue.keep_durations,
@@ -76,6 +85,7 @@ class Orchestrator:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._check_devices()  # first: a refused start leaves nothing open
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for partial in self.files_dir.glob("*.part"):
             partial.unlink(missing_ok=True)  # outputs of jobs cut off by a crash
@@ -96,6 +106,7 @@ class Orchestrator:
             files_dir=self.files_dir,
             public_url=lambda: self.public_url,
             on_finished=self._on_finished,
+            sessions=self.sessions,
         )
         await self._scheduler.start()
         await self._webhooks.start()
@@ -115,6 +126,38 @@ class Orchestrator:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
         await self.store.close()
+        self.sessions.clear()
+
+    async def _check_devices(self) -> None:
+        """Learn which providers each backend's device really runs (a trivial session, no
+        model file needed). A `cuda:N` device running on CPU is degraded: a warning, shown
+        in /diag/backends, or a refused start when a backend on it has `require_gpu`."""
+        for device in sorted({b.device for b in self.config.backends}):
+            providers, reason = await asyncio.to_thread(self.sessions.probe, device)
+            if reason is None:
+                log.info("device %s: %s", device, ", ".join(providers))
+                continue
+            strict = [b.name for b in self.config.backends if b.device == device and b.require_gpu]
+            if strict:
+                raise StartupError(f"backend {strict[0]!r} has require_gpu = true, but {reason}")
+        # Hash the model files now, off the event loop; later checks reuse the digests.
+        for name, problem in (await asyncio.to_thread(self._model_problems)).items():
+            log.warning("model %s is unavailable: %s", name, problem)
+
+    def _model_problems(self) -> dict[str, str]:
+        problems = {name: self.models.problem(name) for name in self.models.names()}
+        return {name: problem for name, problem in problems.items() if problem is not None}
+
+    def _unavailable_tasks(self) -> dict[str, str]:
+        """Tasks whose models are not all there and intact, with the first reason."""
+        unavailable: dict[str, str] = {}
+        for task, spec in self.registry.items():
+            for name in spec.models(self.config) if spec.models is not None else []:
+                problem = self.models.problem(name)
+                if problem is not None:
+                    unavailable[task] = problem
+                    break
+        return unavailable
 
     @property
     def scheduler(self) -> Scheduler:
@@ -143,6 +186,9 @@ class Orchestrator:
             url = getattr(payload, field, None)
             if isinstance(url, str):
                 await check_url(url, self.policy, field=f"payload.{field}")
+        for field in spec.list_url_fields:
+            for i, url in enumerate(getattr(payload, field, None) or []):
+                await check_url(url, self.policy, field=f"payload.{field}[{i}]")
         await self._check_webhook(request)
         if priority is None:
             priority = (
@@ -345,6 +391,7 @@ class Orchestrator:
 
     async def backends(self) -> list[dict[str, Any]]:
         queued = await self.store.queued_by_task()
+        unavailable = await asyncio.to_thread(self._unavailable_tasks)  # may hash a new file
         rows = []
         for backend in self.scheduler.backends:
             rows.append(
@@ -357,8 +404,16 @@ class Orchestrator:
                     "running_jobs": sorted(backend.busy.values()),
                     "queued": sum(queued.get(task, 0) for task in backend.tasks),
                     "tasks": backend.tasks,
-                    "providers": ["CPUExecutionProvider"] if backend.kind == "cpu" else [],
-                    "models_loaded": [],
+                    # What ONNX Runtime really runs on this device (probed at start, then
+                    # updated from each session), not what was asked for.
+                    "providers": self.sessions.providers(backend.config.device),
+                    "degraded": self.sessions.degraded(backend.config.device),
+                    "models_loaded": self.sessions.loaded(backend.config.device),
+                    "unavailable_tasks": {
+                        task: reason
+                        for task, reason in unavailable.items()
+                        if task in backend.tasks
+                    },
                 }
             )
         return rows

@@ -57,7 +57,8 @@ def test_sample_config_loads() -> None:
 
 
 def _documented_keys(struct: type[msgspec.Struct], prefix: str) -> list[tuple[str, str]]:
-    """(section header, key) for every leaf field of the Config tree."""
+    """(section header, key) for every leaf field of the Config tree. The fields of a
+    dict-of-Struct (`models.files`) come under `[models.files.NAME]`: any such table."""
     found: list[tuple[str, str]] = []
     hints = {f.name: f.type for f in msgspec.structs.fields(struct)}
     for name, hint in hints.items():
@@ -66,8 +67,15 @@ def _documented_keys(struct: type[msgspec.Struct], prefix: str) -> list[tuple[st
             if getattr(hint, "__origin__", None) is list
             else None
         )
+        value = (
+            getattr(hint, "__args__", (None,))[-1]
+            if getattr(hint, "__origin__", None) is dict
+            else None
+        )
         if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
             found += _documented_keys(hint, f"[{name}]")
+        elif isinstance(value, type) and issubclass(value, msgspec.Struct):
+            found += _documented_keys(value, f"[{prefix.strip('[]')}.{name}.NAME]")
         elif isinstance(inner, type) and issubclass(inner, msgspec.Struct):
             found += _documented_keys(inner, f"[[{name}]]")
         else:
@@ -81,7 +89,7 @@ def test_every_key_is_documented_in_the_sample_and_the_readme() -> None:
     sections: dict[str, str] = {}
     current = ""
     for line in sample.splitlines():
-        header = re.match(r"^(\[\[?[a-z_.]+\]\]?)", line)
+        header = re.match(r"^(\[\[?[a-z0-9_.]+\]\]?)", line)
         if header:
             current = header.group(1)
         sections[current] = sections.get(current, "") + line + "\n"
@@ -89,6 +97,9 @@ def test_every_key_is_documented_in_the_sample_and_the_readme() -> None:
     assert len(keys) > 40
     for section, key in keys:
         block = sections.get(section, "")
+        if "NAME" in section:
+            pattern = re.escape(section).replace("NAME", "[a-z0-9_.-]+")
+            block = "".join(text for head, text in sections.items() if re.fullmatch(pattern, head))
         assert re.search(rf"^#?\s*{key}\s*=", block, re.M), f"{section} {key} not in ahv.toml"
         name = f"{section.strip('[]')}.{key}"
         assert f"`{name}`" in readme, f"{name} not documented in README.md"

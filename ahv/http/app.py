@@ -26,6 +26,8 @@ def create_app(config: Config) -> web.Application:
     for spec in orchestrator.registry.values():
         if spec.direct_path is not None:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
+    if "faceswap" in orchestrator.registry:
+        app.router.add_post("/faceswap", direct.direct_handler(direct.face_task_for))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.start()

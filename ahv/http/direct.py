@@ -19,13 +19,26 @@ from ahv.orchestrator import SubmitRequest
 _HANG_UP_CHECK_S = 0.25
 
 
-def direct_handler(task: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def face_task_for(payload: bytes) -> str:
+    """`POST /faceswap` serves both modes of the sheet: `source_urls` makes it multi-face."""
+    try:
+        fields = msgspec.json.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        return "faceswap"  # the payload decoder reports the JSON error
+    return "faceswap_multi" if isinstance(fields, dict) and "source_urls" in fields else "faceswap"
+
+
+def direct_handler(
+    task: str | Callable[[bytes], str],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         app = orchestrator(request)
-        payload = msgspec.Raw(await request.read() or b"{}")
+        body = await request.read() or b"{}"
         job, _ = await app.submit(
             caller(request),
-            SubmitRequest(task=task, payload=payload),
+            SubmitRequest(
+                task=task if isinstance(task, str) else task(body), payload=msgspec.Raw(body)
+            ),
             priority=app.config.queue.direct_priority,
         )
         try:

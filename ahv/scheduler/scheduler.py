@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import msgspec
@@ -30,6 +30,9 @@ from ahv.store import Store
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 from ahv.timeutil import now_us
 from ahv.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from ahv.models.sessions import SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class Scheduler:
         files_dir: Path,
         public_url: Callable[[], str],
         on_finished: Callable[[JobRow], None],
+        sessions: SessionCache | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -83,6 +87,7 @@ class Scheduler:
         self._files_dir = files_dir
         self._public_url = public_url
         self._on_finished = on_finished
+        self._sessions = sessions
         self.backends = [Backend(b, [t for t in b.tasks if t in registry]) for b in config.backends]
         total_slots = sum(b.config.slots for b in self.backends)
         self._executor = ThreadPoolExecutor(
@@ -215,6 +220,8 @@ class Scheduler:
             loop=loop,
             on_progress=lambda percent: self._progress(job, percent),
             attempt=job.attempts,
+            # On CUDA each slot has its own sessions, hence its own stream (ahv/models/sessions.py).
+            sessions=self._sessions.for_slot(slot_name) if self._sessions is not None else None,
         )
         self._running[job.id] = _Running(job, ctx)
         if job.id in self._early_cancels or job.cancel_requested:

@@ -9,9 +9,10 @@ from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 
 
 def builtin_tasks() -> list[TaskSpec]:
+    from ahv.tasks.faceswap import FACESWAP, FACESWAP_MULTI
     from ahv.tasks.upscale import UPSCALE
 
-    return [UPSCALE]
+    return [UPSCALE, FACESWAP, FACESWAP_MULTI]
 
 
 def load_registry(config: Config) -> dict[str, TaskSpec]:

@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import aiohttp
 import msgspec
@@ -19,6 +19,9 @@ from ahv.config import Config
 from ahv.errors import JobCanceled
 from ahv.fetch import Fetched, fetch_url
 from ahv.netguard import AddressPolicy
+
+if TYPE_CHECKING:  # onnxruntime is imported only where sessions are used
+    from ahv.models.sessions import SessionCache
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -38,10 +41,15 @@ class TaskSpec:
     run: Callable[[TaskContext, Any], Awaitable[TaskOutput]]
     # Payload fields holding input URLs; they are checked against the address guard at submit.
     url_fields: tuple[str, ...] = ()
+    # Payload fields holding lists of input URLs, checked the same way.
+    list_url_fields: tuple[str, ...] = ()
     direct_path: str | None = None
     default_predict_s: float = 5.0
     # Extra submit-time checks that need no download (ranges, combinations); raise AhvError.
     validate: Callable[[Any, Config], None] | None = None
+    # Names in ahv.toml [models.files] the task needs (None: none). A task whose models are
+    # missing or corrupt is listed as unavailable in /diag/backends.
+    models: Callable[[Config], list[str]] | None = None
 
 
 @dataclass
@@ -60,6 +68,8 @@ class TaskContext:
     loop: asyncio.AbstractEventLoop
     on_progress: Callable[[int], None]
     attempt: int = 1
+    # ONNX Runtime sessions, cached across jobs; the view of this job's slot.
+    sessions: SessionCache | None = None
     cancel_reason: str | None = None
     runner: asyncio.Future[Any] | None = None
     saved_files: list[str] = field(default_factory=list)
