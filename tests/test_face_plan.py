@@ -22,20 +22,26 @@ def payload(**fields: Any) -> FaceSwapPayload:
 def test_single_defaults_put_the_largest_source_face_on_every_target() -> None:
     p = payload(source_url="http://x/s.jpg")
     assert (p.max_side, p.upscale, p.max_faces, p.sharpen) == (1080, 1, 0, 0.0)
-    swaps = plan_swaps(p, TARGET_AREAS, [[10.0, 90.0, 20.0]], 0)
+    swaps = plan_swaps(p, TARGET_AREAS, [[10.0, 90.0, 20.0]], multi=False)
     assert swaps == [Swap(0, 1, t) for t in range(4)]
 
 
 def test_max_faces_keeps_the_largest_targets_in_documented_order() -> None:
     p = payload(source_url="http://x/s.jpg", max_faces=2)
-    assert [s.target_face for s in plan_swaps(p, TARGET_AREAS, [[1.0]], 2)] == [1, 3]
+    assert [s.target_face for s in plan_swaps(p, TARGET_AREAS, [[1.0]], multi=False)] == [1, 3]
 
 
 def test_single_with_indexes() -> None:
     p = payload(source_url="http://x/s.jpg", swap_faces_index=[2], target_faces_index=[3, 0])
-    assert plan_swaps(p, TARGET_AREAS, [[1.0, 1.0, 1.0]], 0) == [Swap(0, 2, 3), Swap(0, 2, 0)]
+    assert plan_swaps(p, TARGET_AREAS, [[1.0, 1.0, 1.0]], multi=False) == [
+        Swap(0, 2, 3),
+        Swap(0, 2, 0),
+    ]
     pairs = payload(source_url="s", swap_faces_index=[1, 0], target_faces_index=[0, 1])
-    assert plan_swaps(pairs, TARGET_AREAS, [[1.0, 1.0]], 0) == [Swap(0, 1, 0), Swap(0, 0, 1)]
+    assert plan_swaps(pairs, TARGET_AREAS, [[1.0, 1.0]], multi=False) == [
+        Swap(0, 1, 0),
+        Swap(0, 0, 1),
+    ]
 
 
 def test_multi_as_the_product_sheet_example() -> None:
@@ -45,11 +51,11 @@ def test_multi_as_the_product_sheet_example() -> None:
         target_faces_index=[2, 0],
     )
     validate_payload("faceswap_multi", p, CONFIG)
-    swaps = plan_swaps(p, TARGET_AREAS, [[5.0], [5.0, 6.0]], 0)
+    swaps = plan_swaps(p, TARGET_AREAS, [[5.0], [5.0, 6.0]], multi=True)
     assert swaps == [Swap(0, 0, 2), Swap(1, 1, 0)]
     # Without indexes: the largest face of source i onto target face i.
     bare = payload(source_urls=["a", "b"])
-    assert plan_swaps(bare, TARGET_AREAS, [[1.0, 3.0], [2.0]], 0) == [
+    assert plan_swaps(bare, TARGET_AREAS, [[1.0, 3.0], [2.0]], multi=True) == [
         Swap(0, 1, 0),
         Swap(1, 0, 1),
     ]
@@ -94,10 +100,28 @@ def test_payload_shape_problems(task: str, fields: dict[str, Any], word: str) ->
 def test_indexes_beyond_the_faces_found_name_the_input_and_the_range() -> None:
     p = payload(source_urls=["a", "b"], swap_faces_index=[0, 3])
     with pytest.raises(AhvError) as caught:
-        plan_swaps(p, TARGET_AREAS, [[1.0], [1.0, 2.0]], 0)
+        plan_swaps(p, TARGET_AREAS, [[1.0], [1.0, 2.0]], multi=True)
     assert caught.value.code == "face_index_out_of_range"
     assert "source_urls[1]" in caught.value.message and "valid 0–1" in caught.value.message
     p = payload(source_url="s", target_faces_index=[7])
     with pytest.raises(AhvError) as caught:
-        plan_swaps(p, TARGET_AREAS, [[1.0]], 0)
+        plan_swaps(p, TARGET_AREAS, [[1.0]], multi=False)
     assert "4 faces detected in target_url" in caught.value.message
+
+
+def test_multi_with_one_source_swaps_one_face() -> None:
+    p = payload(source_urls=["a"])
+    assert plan_swaps(p, TARGET_AREAS, [[1.0]], multi=True) == [Swap(0, 0, 0)]
+
+
+def test_max_faces_caps_every_mode_and_extra_source_faces_are_refused() -> None:
+    p = payload(source_url="s", target_faces_index=[0, 1, 2], max_faces=1)
+    assert plan_swaps(p, TARGET_AREAS, [[1.0]], multi=False) == [Swap(0, 0, 0)]
+    p = payload(source_url="s", swap_faces_index=[0, 1, 2, 3, 4])
+    with pytest.raises(AhvError) as caught:
+        plan_swaps(p, TARGET_AREAS, [[1.0] * 5], multi=False)
+    assert "5 source faces for 4 target faces" in caught.value.message
+    bare = payload(source_urls=["a", "b"])
+    with pytest.raises(AhvError) as caught:
+        plan_swaps(bare, [1.0], [[1.0], [1.0]], multi=True)
+    assert "source_urls[1] (no target_faces_index" in caught.value.message

@@ -273,3 +273,37 @@ async def test_content_filter_rejects(
     )
     doc = await relaxed.wait((await relaxed.submit("faceswap", payload))["job_id"], timeout_s=60)
     assert doc["status"] == "succeeded", doc["error"]
+
+
+async def test_a_model_removed_after_loading_fails_the_next_job(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    import shutil
+
+    own = tmp_path / "own-models"
+    shutil.copytree(models_dir, own)
+    api = await start_server(**face_config(own))
+    payload = {
+        "target_url": media.add("a1.png", fixtures.astronaut_png()),
+        "source_url": media.add("a2.png", fixtures.astronaut_png()),
+        "upscale": 0,
+    }
+    first = await api.wait((await api.submit("faceswap", payload))["job_id"], timeout_s=60)
+    assert first["status"] == "succeeded", first["error"]
+    (own / "w600k_r50.onnx").unlink()
+    second = await api.wait((await api.submit("faceswap", payload))["job_id"], timeout_s=60)
+    assert second["status"] == "failed" and second["error"]["code"] == "model_unavailable"
+    assert "w600k_r50" in second["error"]["message"]
+
+
+async def test_output_limit_is_checked_before_the_models_run(
+    start_server: Any, models_dir: Path, media: MediaServer
+) -> None:
+    api = await start_server(**face_config(models_dir), limits={"max_output_pixels": 1_000_000})
+    payload = {
+        "target_url": media.add("g.jpg", t1_path().read_bytes()),
+        "source_url": media.add("a.png", fixtures.astronaut_png()),
+    }
+    doc = await api.wait((await api.submit("faceswap", payload))["job_id"], timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "image_too_large"
+    assert "upscale" in doc["error"]["message"] and "2160x1496" in doc["error"]["message"]

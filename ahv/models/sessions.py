@@ -177,6 +177,9 @@ class SessionCache:
         """The session of model `model` (a name in [models.files]) on `device`, loaded on
         first use. A missing or corrupt file raises AhvError `model_unavailable`."""
         key = self._key("model", model, device, slot)
+        # Checked on every use, not only at load (cheap: hashes are cached per size and
+        # mtime), so jobs and /diag/backends agree when a file goes missing or changes.
+        self.registry.require(model)
         found = self._cached(key)
         if found is not None:
             return found
@@ -222,9 +225,10 @@ class SessionCache:
                     providers=providers_for(device, gpu_mem_limit_mb=shared.gpu_mem_limit_mb),
                 )
             except Exception as exc:  # onnxruntime raises its own exception types
+                hint = f" (run `ahv models fetch {label}`)" if key[0] == "model" else ""
                 raise AhvError(
                     "model_unavailable",
-                    f"model {label!r}: cannot load {path} on {device}: {exc}",
+                    f"model {label!r}: cannot load {path} on {device}: {exc}{hint}",
                     status=503,
                 ) from exc
             active = list(session.get_providers())

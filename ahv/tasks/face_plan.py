@@ -93,24 +93,32 @@ def plan_swaps(
     payload: FaceSwapPayload,
     target_areas: list[float],
     source_areas: list[list[float]],
-    max_faces: int,
+    *,
+    multi: bool,
 ) -> list[Swap]:
-    """The swaps to make, from the faces found (their box areas, in documented order)."""
+    """The swaps to make, from the faces found (their box areas, in documented order).
+    `max_faces` (when not 0) caps the number of swaps in every mode."""
     swap, target = payload.swap_faces_index, payload.target_faces_index
     largest = [max(range(len(a)), key=a.__getitem__) if a else 0 for a in source_areas]
-    if len(source_areas) > 1:
+    if multi or len(source_areas) > 1:
         pairs = [
             Swap(i, swap[i] if swap else largest[i], target[i] if target else i)
             for i in range(len(source_areas))
         ]
-        pairs = pairs[:max_faces] if max_faces else pairs
     else:
-        targets = target if target is not None else _all_targets(target_areas, max_faces)
+        targets = target if target is not None else _all_targets(target_areas, payload.max_faces)
         if swap is not None and len(swap) > 1:
+            if len(swap) > len(targets):
+                raise index_error(
+                    f"payload.swap_faces_index: {len(swap)} source faces for {len(targets)} "
+                    "target faces",
+                    at_submit=False,
+                )
             pairs = [Swap(0, s, t) for s, t in zip(swap, targets, strict=False)]
         else:
             face = swap[0] if swap else largest[0]
             pairs = [Swap(0, face, t) for t in targets]
+    pairs = pairs[: payload.max_faces] if payload.max_faces else pairs
     _check_ranges(pairs, payload, target_areas, source_areas)
     return pairs
 
@@ -139,8 +147,13 @@ def _check_ranges(
                 at_submit=False,
             )
         if pair.target_face >= len(target_areas):
+            where = (
+                f"payload.target_faces_index[{n}]"
+                if payload.target_faces_index is not None
+                else f"{fields[pair.source][0]} (no target_faces_index: it goes to face {n})"
+            )
             raise index_error(
-                f"payload.target_faces_index[{n}]: face {pair.target_face} requested, "
+                f"{where}: face {pair.target_face} requested, "
                 f"{len(target_areas)} faces detected in target_url "
                 f"(valid 0–{len(target_areas) - 1})",
                 at_submit=False,

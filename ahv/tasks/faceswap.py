@@ -128,6 +128,7 @@ def swap_images(
         decode(data, field=field).pixels for data, field in zip(source_data, fields, strict=True)
     ]
     pixels = _shrink(target.pixels, payload.max_side)
+    _output_size(ctx, payload, pixels)  # refuse a too large result before any model runs
     alpha = pixels[..., 3:] if target.has_alpha else None
     image = np.ascontiguousarray(pixels[..., :3])
     ctx.progress(30)
@@ -148,7 +149,7 @@ def swap_images(
         payload,
         [_area(f) for f in target_faces],
         [[_area(f) for f in faces] for faces in source_faces],
-        payload.max_faces,
+        multi=ctx.task == "faceswap_multi",
     )
     ctx.checkpoint()
     embeddings = _embed_sources(models.arcface, sources, source_faces, swaps)
@@ -156,6 +157,20 @@ def swap_images(
     swapped = models.swapper.swap(image, [target_faces[s.target_face] for s in swaps], embeddings)
     ctx.checkpoint()
     return _finish(ctx, payload, swapped, alpha, target_faces, source_faces, swaps)
+
+
+def _output_size(ctx: TaskContext, payload: FaceSwapPayload, pixels: Image) -> tuple[int, int]:
+    height, width = pixels.shape[:2]
+    if not payload.upscale:
+        return width, height
+    return plan_upscale(
+        width,
+        height,
+        scale=2,
+        max_side=None,
+        max_output_pixels=ctx.config.limits.max_output_pixels,
+        field="upscale",
+    )
 
 
 def _area(face: Face) -> float:
@@ -193,16 +208,10 @@ def _finish(
     swaps: list[Swap],
 ) -> TaskOutput:
     result = swapped if alpha is None else np.concatenate([swapped, alpha], axis=2)
-    height, width = result.shape[:2]
+    width = result.shape[1]
     scale = 1.0
     if payload.upscale:
-        out_width, out_height = plan_upscale(
-            width,
-            height,
-            scale=2,
-            max_side=None,
-            max_output_pixels=ctx.config.limits.max_output_pixels,
-        )
+        out_width, out_height = _output_size(ctx, payload, result)
         result = resize_lanczos(result, out_width, out_height)
         scale = out_width / width
     if payload.sharpen > 0:

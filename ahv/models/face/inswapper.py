@@ -23,7 +23,10 @@ CROP = 128
 
 
 def _emap_cache(model_path: Path) -> Path:
-    return model_path.with_name(model_path.name + ".emap.npy")
+    # Named after the model file's size and mtime: a replaced model never meets an old cache,
+    # even when it was copied with its old timestamp kept (cp -p, rsync -t, tar).
+    stat = model_path.stat()
+    return model_path.with_name(f"{model_path.name}.emap-{stat.st_size}-{stat.st_mtime_ns}.npy")
 
 
 def load_emap(model_path: Path) -> npt.NDArray[np.float32]:
@@ -32,12 +35,14 @@ def load_emap(model_path: Path) -> npt.NDArray[np.float32]:
     554 MB ONNX file takes seconds, so the matrix is cached as `<model>.emap.npy` beside it
     and reused while that file is newer than the model."""
     model_path = Path(model_path)
-    cache = _emap_cache(model_path)
     try:
-        if cache.stat().st_mtime_ns >= model_path.stat().st_mtime_ns:
-            emap = np.load(cache, allow_pickle=False)
-            if emap.ndim == 2 and emap.shape[0] == emap.shape[1]:
-                return np.asarray(emap, dtype=np.float32)
+        cache = _emap_cache(model_path)
+    except OSError as exc:
+        raise AhvError("model_unavailable", f"cannot read {model_path}: {exc}", status=503) from exc
+    try:
+        emap = np.load(cache, allow_pickle=False)
+        if emap.ndim == 2 and emap.shape[0] == emap.shape[1]:
+            return np.asarray(emap, dtype=np.float32)
     except (OSError, ValueError, EOFError):
         pass  # no cache yet, or unreadable: rebuild it
     try:
@@ -67,7 +72,11 @@ def _write_atomic(path: Path, array: npt.NDArray[np.float32]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        for stale in path.parent.glob(path.name.split(".emap-")[0] + ".emap-*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
 
