@@ -300,16 +300,18 @@ def test_load_emap_is_the_last_initializer_and_cached(
     emap = load_emap(model)
     assert emap.shape == (512, 512) and emap.dtype == np.float32
     np.testing.assert_array_equal(emap, expected)
-    cache = tmp_path / "inswapper_128.onnx.emap.npy"
-    assert cache.is_file()
+    (cache,) = tmp_path.glob("inswapper_128.onnx.emap-*.npy")
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
-    # A cache newer than the model is used as is (so a marked one comes back) ...
+    # The cache of this very file (same size and mtime) is used as is, so a marked one
+    # comes back ...
     np.save(cache, np.eye(512, dtype=np.float32))
     assert load_emap(model)[0, 0] == 1.0
-    # ... and one older than the model is rebuilt.
-    stamp = cache.stat().st_mtime_ns
-    os.utime(model, ns=(stamp + 10**9, stamp + 10**9))
+    # ... and a replaced model never meets it, even one copied with an older timestamp.
+    stamp = model.stat().st_mtime_ns
+    model.write_bytes(model.read_bytes())
+    os.utime(model, ns=(stamp - 10**9, stamp - 10**9))
     np.testing.assert_array_equal(load_emap(model), expected)
+    assert [p.name for p in tmp_path.glob("*.npy")] != [cache.name]  # the stale one is gone
 
 
 @skimage_estimate_warning
