@@ -129,6 +129,15 @@ class FaceSwapConfig(_Section, frozen=True):
     nsfw_class: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
+class VideoConfig(_Section, frozen=True):
+    max_duration_s: PositiveFloat = 600.0
+    max_frames: PositiveInt = 36_000
+    max_pixels: PositiveInt = 3840 * 2160
+    max_bytes: PositiveInt = 200 * 1024 * 1024
+    batch_frames: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    track_similarity: Annotated[float, msgspec.Meta(ge=-1, le=1)] = 0.3
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     keys: list[KeyConfig] = []
@@ -138,6 +147,7 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     models: ModelsConfig = ModelsConfig()
     faceswap: FaceSwapConfig = FaceSwapConfig()
+    video: VideoConfig = VideoConfig()
     backends: list[BackendConfig] = []
 
 

@@ -375,4 +375,5 @@ class Scheduler:
     def _remove_files(self, ctx: TaskContext) -> None:
         for name in ctx.saved_files:
             (self._files_dir / name).unlink(missing_ok=True)
+            (self._files_dir / f"{name}.part").unlink(missing_ok=True)
         ctx.saved_files.clear()

@@ -10,9 +10,10 @@ from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 
 def builtin_tasks() -> list[TaskSpec]:
     from ahv.tasks.faceswap import FACESWAP, FACESWAP_MULTI
+    from ahv.tasks.faceswap_video import FACESWAP_VIDEO
     from ahv.tasks.upscale import UPSCALE
 
-    return [UPSCALE, FACESWAP, FACESWAP_MULTI]
+    return [UPSCALE, FACESWAP, FACESWAP_MULTI, FACESWAP_VIDEO]
 
 
 def load_registry(config: Config) -> dict[str, TaskSpec]:

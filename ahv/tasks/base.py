@@ -125,6 +125,16 @@ class TaskContext:
             max_bytes=max_bytes,
         )
 
+    def new_output(self, extension: str) -> tuple[str, Path]:
+        """A result file written in place by the task (a video): its final name and the
+        `.part` path to write; `publish_output(name)` moves it into place."""
+        name = f"{uuid.uuid4().hex}.{extension}"
+        self.saved_files.append(name)
+        return name, self.files_dir / f"{name}.part"
+
+    def publish_output(self, name: str) -> None:
+        (self.files_dir / f"{name}.part").rename(self.files_dir / name)
+
     def save_output(self, data: bytes, extension: str) -> str:
         """Write a result file; its name is unguessable. Runs in a worker thread."""
         name = f"{uuid.uuid4().hex}.{extension}"

@@ -108,7 +108,7 @@ def _face_rows(faces: list[Face], scale: float = 1.0) -> list[dict[str, Any]]:
     ]
 
 
-def _shrink(pixels: Image, max_side: int) -> Image:
+def shrink_to_max_side(pixels: Image, max_side: int) -> Image:
     height, width = pixels.shape[:2]
     if max(height, width) <= max_side:
         return pixels
@@ -127,7 +127,7 @@ def swap_images(
     sources = [
         decode(data, field=field).pixels for data, field in zip(source_data, fields, strict=True)
     ]
-    pixels = _shrink(target.pixels, payload.max_side)
+    pixels = shrink_to_max_side(target.pixels, payload.max_side)
     _output_size(ctx, payload, pixels)  # refuse a too large result before any model runs
     alpha = pixels[..., 3:] if target.has_alpha else None
     image = np.ascontiguousarray(pixels[..., :3])

@@ -1,0 +1,226 @@
+"""`faceswap_video` through the real server, on clips made with PyAV from real face photos."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from ahv.models.face.mtcnn import build_mtcnn_models
+from scripts.make_test_models import make_test_models
+from tests import media as fixtures
+from tests.conftest import Api, MediaServer, Receiver
+
+FPS = 12
+SIZE = (480, 272)
+
+
+def photo(package: str, *parts: str, side: int = 200) -> np.ndarray:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    return cv2.resize(cv2.imread(str(path)), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def make_clip(
+    path: Path, frames: int, *, audio: bool = True, two_faces: bool = False, blank: bool = False
+) -> Path:
+    """The astronaut moving right over a grey background (and, with `two_faces`, a second
+    person moving left below her, so the two swap sides), with a 440 Hz tone."""
+    astro = photo("skimage", "data", "astronaut.png", side=128)
+    other = photo("insightface", "data", "images", "Tom_Hanks_54745.png", side=128)
+    width, height = SIZE
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = container.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(frames):
+            image = np.full((height, width, 3), 90, np.uint8)
+            if not blank:
+                x = 10 + (i * 300) // max(1, frames - 1)
+                image[4:132, x : x + 128] = astro
+                if two_faces:
+                    x2 = 330 - (i * 300) // max(1, frames - 1)
+                    image[140:268, x2 : x2 + 128] = other
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if sound is not None:
+            total = 16000 * frames // FPS
+            tone = (np.sin(2 * np.pi * 440 * np.arange(total) / 16000) * 8000).astype(np.int16)
+            for start in range(0, total, 1024):
+                frame = av.AudioFrame.from_ndarray(
+                    tone[start : start + 1024][None, :], format="s16", layout="mono"
+                )
+                frame.sample_rate, frame.pts = 16000, start
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+    return path
+
+
+def read_frames(data: bytes, tmp: Path) -> tuple[list[np.ndarray], float | None]:
+    path = tmp / "out.mp4"
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        audio = [s for s in container.streams if s.type == "audio"]
+        audio_s = None
+        if audio:
+            audio_s = float(audio[0].duration * audio[0].time_base) if audio[0].duration else None
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    return frames, audio_s
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: Any) -> Path:
+    directory = Path(tmp_path_factory.mktemp("models"))
+    make_test_models(directory)
+    build_mtcnn_models(directory)
+    return directory
+
+
+def video_config(models_dir: Path, **overrides: Any) -> dict[str, Any]:
+    files = {name: {"file": f"{name}.onnx"} for name in ("w600k_r50", "inswapper_128")}
+    config: dict[str, Any] = {
+        "models": {"dir": str(models_dir), "files": files},
+        "backends": [{"name": "cpu", "slots": 2, "tasks": ["faceswap_video"]}],
+    }
+    config.update(overrides)
+    return config
+
+
+async def fetch(api: Api, url: str) -> bytes:
+    async with api.session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "video/mp4"
+        return await response.read()
+
+
+async def test_swap_keeps_frames_timing_and_audio(
+    start_server: Any, models_dir: Path, media: MediaServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir))
+    clip = make_clip(tmp_path / "in.mp4", 24)
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("clip.mp4", clip.read_bytes()),
+            "source_url": media.add("face.png", fixtures.astronaut_png()),
+        },
+        webhook_url=receiver.url("/video"),
+        webhook_events=["job.progress"],
+    )
+    finished = await receiver.wait_for("/video", event="job.finished", timeout_s=90)
+    body = finished[0].json
+    assert body["status"] == "succeeded", body["error"]
+    meta = body["result"]["meta"]
+    assert (meta["width"], meta["height"]) == SIZE
+    assert meta["frames"] == 24 and abs(meta["duration_s"] - 2.0) < 0.1
+    assert meta["has_audio"] is True and meta["frames_without_faces"] == 0
+    progress = [
+        d.json["progress"] for d in receiver.at("/video") if d.json["event"] == "job.progress"
+    ]
+    assert progress and progress == sorted(progress)
+    before, _ = read_frames(clip.read_bytes(), tmp_path / "..")
+    after, audio_s = read_frames(await fetch(api, body["result"]["url"]), tmp_path)
+    assert len(after) == 24 and audio_s is not None and abs(audio_s - 2.0) < 0.1
+    # The face changed; the far corner of the background did not (beyond codec noise).
+    changed = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(after, before, strict=True)]
+    assert max(float(d[4:132, :].mean()) for d in changed) > 1
+    assert all(float(d[200:, 400:].mean()) < 2 for d in changed)
+    assert job["job_id"] == body["job_id"]
+
+
+async def test_target_face_is_followed_across_frames(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir))
+    clip = make_clip(tmp_path / "two.mp4", 24, audio=False, two_faces=True)
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("two.mp4", clip.read_bytes()),
+            "source_url": media.add("face.png", fixtures.astronaut_png()),
+            # On the first frame the astronaut is face 0 (left); she ends up on the right.
+            "target_faces_index": [0],
+        },
+    )
+    doc = await api.wait(job["job_id"], timeout_s=90)
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["result"]["meta"]["has_audio"] is False
+    before, _ = read_frames(clip.read_bytes(), tmp_path / "..")
+    after, audio_s = read_frames(await fetch(api, doc["result"]["url"]), tmp_path)
+    assert audio_s is None
+    for a, b in zip(after, before, strict=True):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert float(diff[4:132].mean()) > float(diff[140:268].mean())  # her row, not his
+
+
+async def test_no_face_in_any_frame(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir))
+    clip = make_clip(tmp_path / "blank.mp4", 12, blank=True)
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("blank.mp4", clip.read_bytes()),
+            "source_url": media.add("face.png", fixtures.astronaut_png()),
+        },
+    )
+    doc = await api.wait(job["job_id"], timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "no_face_detected"
+    assert list(api.orchestrator.files_dir.glob("*.mp4*")) == []
+
+
+async def test_limits_and_cancel(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir, video={"max_duration_s": 1.0}))
+    clip = make_clip(tmp_path / "long.mp4", 24)
+    source = media.add("face.png", fixtures.astronaut_png())
+    job = await api.submit(
+        "faceswap_video",
+        {"target_url": media.add("c.mp4", clip.read_bytes()), "source_url": source},
+    )
+    doc = await api.wait(job["job_id"], timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "video_too_long"
+    assert "target_url" in doc["error"]["message"]
+    status, body, _ = await api.call(
+        "POST",
+        "/faceswap/video",
+        json={"target_url": media.add("t.txt", b"not a video"), "source_url": source},
+    )
+    assert status == 200 and body["error"]["code"] in ("unsupported_media_type", "corrupt_input")
+
+
+async def test_cancel_stops_and_leaves_no_file(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir))
+    clip = make_clip(tmp_path / "long.mp4", 240, audio=False)
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("long.mp4", clip.read_bytes()),
+            "source_url": media.add("face.png", fixtures.astronaut_png()),
+        },
+    )
+    import asyncio
+
+    for _ in range(600):  # until it is a quarter through, at most 30 s
+        if (await api.job(job["job_id"]))["progress"] >= 25:
+            break
+        await asyncio.sleep(0.05)
+    status, _, _ = await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
+    assert status == 200
+    doc = await api.wait(job["job_id"], timeout_s=10)
+    assert doc["status"] == "canceled"
+    assert [p.name for p in api.orchestrator.files_dir.iterdir()] == []
