@@ -179,16 +179,17 @@ def _swap_video(
         ctx.progress(20)
 
         def process(frames: list[Image]) -> list[Image]:
-            out = []
-            for frame in frames:
-                frame = shrink_to_max_side(frame, payload.max_side)
-                targets = tracker.targets(frame, models.detector.detect(frame))
-                if targets:
-                    rows = sources[[row for _, row in targets]]
-                    frame = models.swapper.swap(frame, [face for face, _ in targets], rows)
-                if payload.sharpen > 0:
-                    frame = sharpen(frame, payload.sharpen)
-                out.append(frame)
+            # Detection and tracking frame by frame; then every chosen face of the whole
+            # batch goes through inswapper in one run.
+            frames = [shrink_to_max_side(frame, payload.max_side) for frame in frames]
+            found = [tracker.targets(frame, models.detector.detect(frame)) for frame in frames]
+            out = models.swapper.swap_many(
+                frames,
+                [[face for face, _ in targets] for targets in found],
+                [sources[[row for _, row in targets]] for targets in found],
+            )
+            if payload.sharpen > 0:
+                out = [sharpen(frame, payload.sharpen) for frame in out]
             return out
 
         def on_frames(done: int) -> None:

@@ -139,9 +139,27 @@ class InSwapper:
             sources = np.repeat(sources, len(targets), axis=0)
         if sources.shape[0] != len(targets):
             raise ValueError(f"{len(targets)} target faces but {sources.shape[0]} embeddings")
-        matrices = [similarity_matrix64(face.landmarks, CROP) for face in targets]
-        crops = [warp_crop(image_bgr, m, CROP) for m in matrices]
-        swapped = self.swap_crops(crops, self.latents(sources))
-        for face, matrix in zip(swapped, matrices, strict=True):
-            paste_back(image_bgr, face, matrix, into=out)
-        return out
+        return self.swap_many([image_bgr], [targets], [sources])[0]
+
+    def swap_many(
+        self,
+        images: list[npt.NDArray[np.uint8]],
+        targets: list[list[Face]],
+        source_embeddings: list[npt.NDArray[np.float32]],
+    ) -> list[npt.NDArray[np.uint8]]:
+        """`swap` for several images (video frames) in ONE inswapper run over all their faces:
+        targets[i][j] of images[i] gets the identity of source_embeddings[i][j]."""
+        outs = [image.copy() for image in images]
+        jobs = [
+            (index, face, row)
+            for index, (faces, rows) in enumerate(zip(targets, source_embeddings, strict=True))
+            for face, row in zip(faces, rows, strict=True)
+        ]
+        if not jobs:
+            return outs
+        matrices = [similarity_matrix64(face.landmarks, CROP) for _, face, _ in jobs]
+        crops = [warp_crop(images[i], m, CROP) for (i, _, _), m in zip(jobs, matrices, strict=True)]
+        swapped = self.swap_crops(crops, self.latents(np.stack([row for _, _, row in jobs])))
+        for (index, _, _), face, matrix in zip(jobs, swapped, matrices, strict=True):
+            paste_back(images[index], face, matrix, into=outs[index])
+        return outs
