@@ -117,6 +117,18 @@ class BackendConfig(_Section, frozen=True):
     require_gpu: bool = False
 
 
+class ObjectsConfig(_Section, frozen=True):
+    # scan_objects' YOLO detector (v8/v11 ONNX): a name in [models.files]; empty = unavailable.
+    detector: str = ""
+    # Class names, used when the model's metadata has none.
+    names: list[str] = []
+    input_size: Annotated[int, msgspec.Meta(ge=32, le=4096, multiple_of=32)] = 640
+    min_score: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.25
+    # remove_object's LaMa-family inpainting model; empty = classical cv2.inpaint (Telea).
+    inpainter: str = ""
+    mask_dilate_px: Annotated[int, msgspec.Meta(ge=0, le=256)] = 15
+
+
 class FaceSwapConfig(_Section, frozen=True):
     detector: str = "mtcnn"
     recognizer: str = "w600k_r50"
@@ -127,6 +139,20 @@ class FaceSwapConfig(_Section, frozen=True):
     nsfw_model: str = ""
     nsfw_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
     nsfw_class: Annotated[int, msgspec.Meta(ge=0)] = 1
+
+
+class ImageModelsConfig(_Section, frozen=True):
+    # Super-resolution model in [models.files] for `upscale`; empty = classical Lanczos.
+    upscaler: str = ""
+    tile_px: Annotated[int, msgspec.Meta(ge=32, le=4096)] = 256
+    tile_overlap_px: Annotated[int, msgspec.Meta(ge=0, le=256)] = 16
+    tile_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    # Face restore model (GFPGAN/CodeFormer family, 512x512); empty = face_restore refused.
+    restorer: str = ""
+    # Matting model for `remove_background`; empty = the task is unavailable.
+    matting: str = ""
+    matting_family: Literal["auto", "u2net", "isnet", "birefnet", "modnet"] = "auto"
+    matting_size: Annotated[int, msgspec.Meta(ge=32, le=4096)] = 1024
 
 
 class VideoConfig(_Section, frozen=True):
@@ -147,7 +173,9 @@ class Config(_Section, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     models: ModelsConfig = ModelsConfig()
     faceswap: FaceSwapConfig = FaceSwapConfig()
+    objects: ObjectsConfig = ObjectsConfig()
     video: VideoConfig = VideoConfig()
+    images: ImageModelsConfig = ImageModelsConfig()
     backends: list[BackendConfig] = []
 
 

@@ -7,6 +7,7 @@ Content-Type are routinely wrong (a PNG named `.jpg`, served as `text/plain`).
 from __future__ import annotations
 
 import asyncio
+from typing import BinaryIO
 
 import aiohttp
 import msgspec
@@ -78,6 +79,9 @@ def _sniff_ftyp(head: bytes) -> str | None:
     return None
 
 
+_SNIFF_BYTES = 4096  # magic numbers and container headers all sit well inside this
+
+
 class Fetched(msgspec.Struct, frozen=True):
     data: bytes
     media_type: str | None
@@ -92,8 +96,10 @@ async def fetch_url(
     config: FetchConfig,
     field: str,
     max_bytes: int | None = None,
+    sink: BinaryIO | None = None,
 ) -> Fetched:
-    """Download `url` into memory, or raise an AhvError whose message names `field`.
+    """Download `url` into memory (or, given `sink`, into that file: `data` is then empty),
+    or raise an AhvError whose message names `field`.
 
     `session` should come from `netguard.make_client_session` so connections are pinned to
     addresses the policy allows.
@@ -102,7 +108,7 @@ async def fetch_url(
     try:
         # aiohttp's `total` applies per request; this one bounds all hops and DNS checks.
         async with asyncio.timeout(config.total_timeout_s):
-            return await _follow(session, url, policy, config, field, limit)
+            return await _follow(session, url, policy, config, field, limit, sink)
     except TimeoutError:
         raise _timeout(field, "download took longer than", "total_timeout_s", config) from None
 
@@ -114,10 +120,11 @@ async def _follow(
     config: FetchConfig,
     field: str,
     limit: int,
+    sink: BinaryIO | None,
 ) -> Fetched:
     target = await check_url(url, policy, field=field)
     for _ in range(config.max_redirects + 1):
-        outcome = await _get_once(session, target, config, field, limit)
+        outcome = await _get_once(session, target, config, field, limit, sink)
         if isinstance(outcome, Fetched):
             return outcome
         # A hop is a new URL from the remote side: the first check says nothing about it.
@@ -128,7 +135,12 @@ async def _follow(
 
 
 async def _get_once(
-    session: aiohttp.ClientSession, target: yarl.URL, config: FetchConfig, field: str, limit: int
+    session: aiohttp.ClientSession,
+    target: yarl.URL,
+    config: FetchConfig,
+    field: str,
+    limit: int,
+    sink: BinaryIO | None,
 ) -> Fetched | yarl.URL:
     """One request: the Fetched body, or the URL a redirect points at."""
     host = target.host or "?"
@@ -150,33 +162,45 @@ async def _get_once(
                 transient = resp.status >= 500 or resp.status == 429
                 msg = f"{field}: HTTP {resp.status} from {host}"
                 raise AhvError("download_failed", msg, transient=transient)
-            data = await _read_body(resp, field, limit)
+            data, head = await _read_body(resp, field, limit, sink)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise _client_error(exc, field, host, config) from None
-    return Fetched(data=data, media_type=sniff_media_type(data), final_url=str(target))
+    return Fetched(data=data, media_type=sniff_media_type(head), final_url=str(target))
 
 
-async def _read_body(resp: aiohttp.ClientResponse, field: str, limit: int) -> bytes:
+async def _read_body(
+    resp: aiohttp.ClientResponse, field: str, limit: int, sink: BinaryIO | None
+) -> tuple[bytes, bytes]:
+    """(the body, or b"" when it went to `sink`; its first bytes, for sniffing)."""
     expected = resp.content_length
     if expected is not None and expected > limit:
         raise _too_large(field, f"body is {expected} bytes", limit)
     body = bytearray()
+    head = b""
+    size = 0
+    loop = asyncio.get_running_loop()
     try:
         # Counted after decompression, so a small gzip body that inflates past the limit
         # is stopped within one chunk.
         async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(field, f"body is at least {len(body)} bytes", limit)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(field, f"body is at least {size} bytes", limit)
+            if len(head) < _SNIFF_BYTES:
+                head += chunk[: _SNIFF_BYTES - len(head)]
+            if sink is None:
+                body += chunk
+            else:  # a large input (video) goes to disk as it arrives, off the event loop
+                await loop.run_in_executor(None, sink.write, chunk)
     except TimeoutError:
         raise
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-        raise _incomplete(field, len(body), expected) from None
+        raise _incomplete(field, size, expected) from None
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     # With a Content-Encoding the header counts wire bytes, not the decoded ones counted here.
-    if expected is not None and not encoded and len(body) < expected:
-        raise _incomplete(field, len(body), expected)
-    return bytes(body)
+    if expected is not None and not encoded and size < expected:
+        raise _incomplete(field, size, expected)
+    return bytes(body), head
 
 
 def _client_error(

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,6 +90,8 @@ class Orchestrator:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for partial in self.files_dir.glob("*.part"):
             partial.unlink(missing_ok=True)  # outputs of jobs cut off by a crash
+        for workdir in self.files_dir.glob(".video-*"):
+            shutil.rmtree(workdir, ignore_errors=True)  # their downloaded inputs
         await self.store.open()
         self.predictor.seed(await self.store.recent_durations(self.config.queue.keep_durations))
         self._http = make_client_session(self.policy)

@@ -174,7 +174,7 @@ class _Pipeline:
             if self.aac is not None:
                 batch.audio.extend(self.aac.flush())
         except av.FFmpegError as exc:
-            raise media.corrupt("src", f"corrupt video data ({exc})") from None
+            raise media.corrupt("target_url", f"corrupt video data ({media.reason(exc)})") from None
         self._put(self.decoded, batch)
         self._put(self.decoded, None)
 
@@ -222,7 +222,9 @@ class _Pipeline:
                 break
             if self.vout is None:
                 if not batch.frames:
-                    raise media.corrupt("src", "no video frame could be decoded in the range")
+                    raise media.corrupt(
+                        "target_url", "no video frame could be decoded in the range"
+                    )
                 self._open_output(batch.frames[0])
             for pixels, t in zip(batch.frames, batch.times, strict=True):
                 self._encode_frame(pixels, t)
@@ -236,7 +238,7 @@ class _Pipeline:
                 self.frames += len(batch.frames)
                 self.progress.put(self.frames)
         if self.vout is None:
-            raise media.corrupt("src", "no video frame could be decoded in the range")
+            raise media.corrupt("target_url", "no video frame could be decoded in the range")
         self.out.mux(self.vout.encode(None))
         if self.audio_mode == "aac":
             self.out.mux(self.aout.encode(None))
@@ -263,7 +265,7 @@ def transcode(
     if batch_size < 1 or queue_batches < 1:
         raise ValueError("batch_size and queue_batches must be at least 1")
     dst = Path(dst)
-    inp = media.open_input(Path(src), "src")
+    inp = media.open_input(Path(src), "target_url")
     out: av.container.OutputContainer | None = None
     pipeline: _Pipeline | None = None
     ok = False

@@ -89,12 +89,18 @@ def open_input(path: Path, field: str) -> av.container.InputContainer:
         container = av.open(str(path), mode="r", options={"format_whitelist": VIDEO_DEMUXERS})
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         if _looks_like_video(path):
-            raise corrupt(field, f"truncated or corrupt video ({exc})") from None
+            raise corrupt(field, f"truncated or corrupt video ({reason(exc)})") from None
         raise unsupported(field, "not a video container this server can read") from None
     if not container.streams.video:
         container.close()
         raise unsupported(field, "the file has no video stream")
     return container
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, without FFmpeg's file path (a server path) or errno numbers."""
+    text = getattr(exc, "strerror", None) or type(exc).__name__
+    return str(text)
 
 
 def first_rotation(container: av.container.InputContainer, field: str) -> int:
@@ -107,7 +113,7 @@ def first_rotation(container: av.container.InputContainer, field: str) -> int:
             if count >= _PROBE_PACKETS:
                 break
     except av.FFmpegError as exc:
-        raise corrupt(field, f"truncated or corrupt video ({exc})") from None
+        raise corrupt(field, f"truncated or corrupt video ({reason(exc)})") from None
     return 0
 
 

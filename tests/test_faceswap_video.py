@@ -193,12 +193,30 @@ async def test_limits_and_cancel(
     doc = await api.wait(job["job_id"], timeout_s=60)
     assert doc["status"] == "failed" and doc["error"]["code"] == "video_too_long"
     assert "target_url" in doc["error"]["message"]
+    ok_limits = await start_server(
+        **video_config(models_dir), server={"data_dir": str(tmp_path / "second")}
+    )
+    late = await ok_limits.submit(
+        "faceswap_video",
+        {"target_url": media.add("c3.mp4", clip.read_bytes()), "source_url": source, "start_s": 9},
+    )
+    doc = await ok_limits.wait(late["job_id"], timeout_s=60)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "invalid_payload"
+    assert "payload.start_s" in doc["error"]["message"]
     status, body, _ = await api.call(
         "POST",
         "/faceswap/video",
         json={"target_url": media.add("t.txt", b"not a video"), "source_url": source},
     )
     assert status == 200 and body["error"]["code"] in ("unsupported_media_type", "corrupt_input")
+    truncated = clip.read_bytes()[: len(clip.read_bytes()) // 2]
+    status, body, _ = await api.call(
+        "POST",
+        "/faceswap/video",
+        json={"target_url": media.add("half.mp4", truncated), "source_url": source},
+    )
+    assert body["error"]["code"] == "corrupt_input"
+    assert "/" not in body["error"]["message"].split(":", 1)[1]  # no server paths
 
 
 async def test_cancel_stops_and_leaves_no_file(

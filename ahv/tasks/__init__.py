@@ -9,11 +9,21 @@ from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 
 
 def builtin_tasks() -> list[TaskSpec]:
+    from ahv.tasks.background import REMOVE_BACKGROUND
     from ahv.tasks.faceswap import FACESWAP, FACESWAP_MULTI
     from ahv.tasks.faceswap_video import FACESWAP_VIDEO
+    from ahv.tasks.objects import REMOVE_OBJECT, SCAN_OBJECTS
     from ahv.tasks.upscale import UPSCALE
 
-    return [UPSCALE, FACESWAP, FACESWAP_MULTI, FACESWAP_VIDEO]
+    return [
+        UPSCALE,
+        FACESWAP,
+        FACESWAP_MULTI,
+        FACESWAP_VIDEO,
+        REMOVE_BACKGROUND,
+        SCAN_OBJECTS,
+        REMOVE_OBJECT,
+    ]
 
 
 def load_registry(config: Config) -> dict[str, TaskSpec]:

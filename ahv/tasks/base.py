@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 
 import aiohttp
 import msgspec
@@ -114,7 +114,10 @@ class TaskContext:
                 future.exception()  # retrieved: the cancel is what we report
             raise
 
-    async def fetch(self, url: str, *, field: str, max_bytes: int | None = None) -> Fetched:
+    async def fetch(
+        self, url: str, *, field: str, max_bytes: int | None = None, sink: BinaryIO | None = None
+    ) -> Fetched:
+        """Download an input; into `sink` (an open file) instead of memory when given."""
         self.checkpoint()
         return await fetch_url(
             self.http,
@@ -123,6 +126,7 @@ class TaskContext:
             config=self.config.fetch,
             field=field,
             max_bytes=max_bytes,
+            sink=sink,
         )
 
     def new_output(self, extension: str) -> tuple[str, Path]:

@@ -93,7 +93,7 @@ def load_face_models(ctx: TaskContext) -> FaceModels:
     )
 
 
-def _big_enough(faces: list[Face], min_px: int) -> list[Face]:
+def big_enough(faces: list[Face], min_px: int) -> list[Face]:
     return [f for f in faces if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_px]
 
 
@@ -139,8 +139,8 @@ def swap_images(
             models.nsfw.check(source[..., :3], field)
     ctx.checkpoint()
     min_px = ctx.config.faceswap.min_face_px
-    target_faces = _big_enough(models.detector.detect(image), min_px)
-    source_faces = [_big_enough(models.detector.detect(s[..., :3]), min_px) for s in sources]
+    target_faces = big_enough(models.detector.detect(image), min_px)
+    source_faces = [big_enough(models.detector.detect(s[..., :3]), min_px) for s in sources]
     ctx.progress(50)
     _require_faces(target_faces, "target_url")
     for faces, field in zip(source_faces, fields, strict=True):

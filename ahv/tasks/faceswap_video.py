@@ -16,6 +16,7 @@ Which faces are swapped, frame after frame (the documented rule):
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,7 +32,13 @@ from ahv.imaging import decode_image
 from ahv.models.face import ArcFace, Face
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 from ahv.tasks.face_plan import FaceSwapPayload, plan_swaps, validate_payload
-from ahv.tasks.faceswap import FaceModels, load_face_models, needed_models, shrink_to_max_side
+from ahv.tasks.faceswap import (
+    FaceModels,
+    big_enough,
+    load_face_models,
+    needed_models,
+    shrink_to_max_side,
+)
 from ahv.video import probe_video, transcode
 
 Image = npt.NDArray[np.uint8]
@@ -154,7 +161,7 @@ def _source_embeddings(
 
 
 def _swap_video(
-    ctx: TaskContext, payload: FaceSwapVideoPayload, video: bytes, source_data: list[bytes]
+    ctx: TaskContext, payload: FaceSwapVideoPayload, src: Path, source_data: list[bytes]
 ) -> TaskOutput:
     limits = ctx.config.video
     models = load_face_models(ctx)
@@ -166,46 +173,64 @@ def _swap_video(
         source_areas=source_areas,
         similarity=limits.track_similarity,
     )
-    with tempfile.TemporaryDirectory(dir=ctx.files_dir, prefix=".video-") as tmp:
-        src = Path(tmp) / "input"
-        src.write_bytes(video)
-        info = probe_video(
-            src,
-            max_duration_s=limits.max_duration_s,
-            max_frames=limits.max_frames,
-            max_pixels=limits.max_pixels,
-            field="target_url",
+    info = probe_video(
+        src,
+        max_duration_s=limits.max_duration_s,
+        max_frames=limits.max_frames,
+        max_pixels=limits.max_pixels,
+        field="target_url",
+    )
+    begin_s = payload.start_s or 0.0
+    stop_s = min(payload.end_s or info.duration_s, info.duration_s)
+    if begin_s >= info.duration_s:
+        raise AhvError(
+            "invalid_payload",
+            f"payload.start_s: {begin_s:g} s is past the end of the video "
+            f"({info.duration_s:.2f} s)",
         )
-        ctx.progress(20)
+    expected_frames = max(1, round(info.fps * (stop_s - begin_s)))
+    ctx.progress(20)
+    min_px = ctx.config.faceswap.min_face_px
+    screened = models.nsfw is None
 
-        def process(frames: list[Image]) -> list[Image]:
-            # Detection and tracking frame by frame; then every chosen face of the whole
-            # batch goes through inswapper in one run.
-            frames = [shrink_to_max_side(frame, payload.max_side) for frame in frames]
-            found = [tracker.targets(frame, models.detector.detect(frame)) for frame in frames]
-            out = models.swapper.swap_many(
-                frames,
-                [[face for face, _ in targets] for targets in found],
-                [sources[[row for _, row in targets]] for targets in found],
-            )
-            if payload.sharpen > 0:
-                out = [sharpen(frame, payload.sharpen) for frame in out]
-            return out
-
-        def on_frames(done: int) -> None:
-            ctx.progress(20 + int(75 * min(1.0, done / max(1, info.frames))))
-
-        name, part = ctx.new_output("mp4")
-        result = transcode(
-            src,
-            part,
-            process,
-            batch_size=limits.batch_frames,
-            start_s=payload.start_s,
-            end_s=payload.end_s,
-            checkpoint=ctx.checkpoint,
-            on_frames=on_frames,
+    def process(frames: list[Image]) -> list[Image]:
+        nonlocal screened
+        frames = [shrink_to_max_side(frame, payload.max_side) for frame in frames]
+        if not screened and models.nsfw is not None:
+            models.nsfw.check(frames[0], "target_url")  # the content filter sees the video too
+            screened = True
+        # Detection and tracking frame by frame; then every chosen face of the whole batch
+        # goes through inswapper in one run.
+        found = [
+            tracker.targets(frame, big_enough(models.detector.detect(frame), min_px))
+            for frame in frames
+        ]
+        out = models.swapper.swap_many(
+            frames,
+            [[face for face, _ in targets] for targets in found],
+            [sources[[row for _, row in targets]] for targets in found],
         )
+        if payload.sharpen > 0:  # frames without a swapped face pass through unchanged
+            out = [
+                sharpen(frame, payload.sharpen) if targets else frame
+                for frame, targets in zip(out, found, strict=True)
+            ]
+        return out
+
+    def on_frames(done: int) -> None:
+        ctx.progress(20 + int(75 * min(1.0, done / expected_frames)))
+
+    name, part = ctx.new_output("mp4")
+    result = transcode(
+        src,
+        part,
+        process,
+        batch_size=limits.batch_frames,
+        start_s=payload.start_s,
+        end_s=payload.end_s,
+        checkpoint=ctx.checkpoint,
+        on_frames=on_frames,
+    )
     if tracker.frames_with_faces == 0:
         raise AhvError("no_face_detected", "target_url: no face in any frame of the video")
     ctx.publish_output(name)
@@ -227,13 +252,25 @@ def _swap_video(
 
 
 async def run_faceswap_video(ctx: TaskContext, payload: FaceSwapVideoPayload) -> TaskOutput:
-    max_bytes = ctx.config.video.max_bytes
-    fetches = [ctx.fetch(payload.target_url, field="target_url", max_bytes=max_bytes)]
-    fetches += [ctx.fetch(url, field=field) for field, url in payload.sources()]
-    fetched = await asyncio.gather(*fetches)
-    ctx.progress(10)
-    data = [f.data for f in fetched]
-    return await ctx.run_in_thread(_swap_video, ctx, payload, data[0], data[1:])
+    # The video goes to disk as it downloads (never whole in memory); sources are small.
+    workdir = Path(await ctx.run_in_thread(tempfile.mkdtemp, dir=ctx.files_dir, prefix=".video-"))
+    try:
+        video = workdir / "input"
+        with video.open("wb") as sink:
+            await ctx.fetch(
+                payload.target_url,
+                field="target_url",
+                max_bytes=ctx.config.video.max_bytes,
+                sink=sink,
+            )
+        fetched = await asyncio.gather(
+            *[ctx.fetch(url, field=field) for field, url in payload.sources()]
+        )
+        ctx.progress(10)
+        sources = [f.data for f in fetched]
+        return await ctx.run_in_thread(_swap_video, ctx, payload, video, sources)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
 FACESWAP_VIDEO = TaskSpec(
