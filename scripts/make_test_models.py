@@ -191,11 +191,28 @@ def make_test_models(out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def make_all_test_models(out_dir: Path) -> list[Path]:
+    """The face models plus every image-task family (matting, super-resolution, face restore,
+    YOLO, LaMa), each with its real signature; the builders of the latter live beside this."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # run as `python scripts/make_test_models.py`
+        sys.path.insert(0, root)
+    from scripts.tiny_models_images import make_all
+    from scripts.tiny_models_objects import make_lama, make_yolo
+
+    make_test_models(out_dir)
+    make_all(out_dir)
+    make_yolo(out_dir / "yolo.onnx")
+    make_lama(out_dir / "lama.onnx", dynamic=True)
+    make_lama(out_dir / "lama_512.onnx", dynamic=False)
+    return sorted(out_dir.glob("*.onnx"))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: make_test_models.py OUT_DIR", file=sys.stderr)
         return 2
-    for path in make_test_models(Path(argv[0])).values():
+    for path in make_all_test_models(Path(argv[0])):
         print(f"{path} ({path.stat().st_size} bytes)")
     return 0
 
