@@ -155,6 +155,13 @@ class ImageModelsConfig(_Section, frozen=True):
     matting_size: Annotated[int, msgspec.Meta(ge=32, le=4096)] = 1024
 
 
+class BatchingConfig(_Section, frozen=True):
+    # Concurrent jobs' runs of one model (dynamic batch axis) gathered into one session run.
+    enabled: bool = True
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=100)] = 5.0
+
+
 class VideoConfig(_Section, frozen=True):
     max_duration_s: PositiveFloat = 600.0
     max_frames: PositiveInt = 36_000
@@ -176,6 +183,7 @@ class Config(_Section, frozen=True):
     objects: ObjectsConfig = ObjectsConfig()
     video: VideoConfig = VideoConfig()
     images: ImageModelsConfig = ImageModelsConfig()
+    batching: BatchingConfig = BatchingConfig()
     backends: list[BackendConfig] = []
 
 

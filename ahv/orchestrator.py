@@ -412,6 +412,7 @@ class Orchestrator:
                     "providers": self.sessions.providers(backend.config.device),
                     "degraded": self.sessions.degraded(backend.config.device),
                     "models_loaded": self.sessions.loaded(backend.config.device),
+                    "batching": self.sessions.batching(backend.config.device),
                     "unavailable_tasks": {
                         task: reason
                         for task, reason in unavailable.items()

@@ -361,7 +361,7 @@ def test_sessions_are_cached_and_loaded_once(
     assert out.tolist() == [[2.0, 2.0, 2.0]]
     assert got[0].get_providers() == CPU
     assert cache.status() == {
-        "cpu": {"providers": CPU, "degraded": None, "models_loaded": ["tiny"]}
+        "cpu": {"providers": CPU, "degraded": None, "models_loaded": ["tiny"], "batching": {}}
     }
 
 

@@ -24,6 +24,11 @@ own stream and its own arena, and a slot runs one job at a time, so its runs are
 its stream while other slots run on theirs. The price is the weights held once per slot.
 `gpu_mem_limit_mb` caps each of those sessions' arena. On `cpu` one session per model is
 shared by all slots (concurrent `run()` is safe and there is no stream).
+
+Batching. `batched(model, device, ...)` wraps the session of `get` in a BatchedSession
+(ahv.models.batching), one per session, so on `cpu` the runs of concurrent jobs on one model
+are gathered into batched runs. On CUDA it follows `get`, one per slot: a slot runs one job at
+a time, so there it batches only concurrent calls made within one job.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 import onnxruntime as ort
 
 from ahv.errors import AhvError
+from ahv.models.batching import BatchedSession
 from ahv.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -142,6 +148,7 @@ class _Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: dict[_Key, ort.InferenceSession] = field(default_factory=dict)
     loading: dict[_Key, threading.Lock] = field(default_factory=dict)
+    batched: dict[_Key, BatchedSession] = field(default_factory=dict)
     devices: dict[str, _Device] = field(default_factory=dict)
 
 
@@ -184,6 +191,38 @@ class SessionCache:
         if found is not None:
             return found
         return self._load(key, model, lambda: self.registry.require(model), device)
+
+    def batched(
+        self, model: str, device: str, *, max_batch: int, max_wait_ms: float
+    ) -> BatchedSession:
+        """The session of `get(model, device)` wrapped so that concurrent runs from several
+        jobs are batched (see ahv.models.batching); one wrapper per session."""
+        session = self.get(model, device)
+        key = self._key("model", model, device, None)
+        if cuda_index(device) is not None:
+            # A CUDA session belongs to one slot, which runs one job at a time: no other job
+            # can join a batch, so waiting for one would only add latency.
+            max_wait_ms = 0.0
+        with self._shared.lock:
+            wrapper = self._shared.batched.get(key)
+            if wrapper is None or wrapper.session is not session:
+                wrapper = BatchedSession(session, max_batch=max_batch, max_wait_ms=max_wait_ms)
+                self._shared.batched[key] = wrapper
+            return wrapper
+
+    def batching(self, device: str) -> dict[str, dict[str, Any]]:
+        """{model: {batches, items, mean_batch}} of the batched sessions on `device` (summed
+        over slots on CUDA)."""
+        with self._shared.lock:
+            wrappers = [(k[1], w) for k, w in self._shared.batched.items() if k[2] == device]
+        totals: dict[str, dict[str, Any]] = {}
+        for model, wrapper in sorted(wrappers, key=lambda pair: pair[0]):
+            stats = wrapper.stats()
+            row = totals.setdefault(model, {"batches": 0, "items": 0, "mean_batch": 0.0})
+            row["batches"] += stats["batches"]
+            row["items"] += stats["items"]
+            row["mean_batch"] = round(row["items"] / row["batches"], 3) if row["batches"] else 0.0
+        return totals
 
     def get_file(self, path: Path, device: str, *, slot: str | None = None) -> ort.InferenceSession:
         """Like `get`, for a model file that is not in [models.files] (built by ahv itself)."""
@@ -289,6 +328,7 @@ class SessionCache:
                 "providers": self.providers(device),
                 "degraded": self.degraded(device),
                 "models_loaded": self.loaded(device),
+                "batching": self.batching(device),
             }
             for device in sorted(devices)
         }
@@ -298,3 +338,4 @@ class SessionCache:
         with self._shared.lock:
             self._shared.sessions.clear()
             self._shared.loading.clear()
+            self._shared.batched.clear()

@@ -99,8 +99,19 @@ async def run_remove_background(ctx: TaskContext, payload: RemoveBackgroundPaylo
             field="image_url",
         )
         ctx.progress(30)
+        batching = ctx.config.batching
+        session = (
+            sessions.batched(
+                images.matting,
+                ctx.device,
+                max_batch=batching.max_batch,
+                max_wait_ms=batching.max_wait_ms,
+            )
+            if batching.enabled
+            else sessions.get(images.matting, ctx.device)
+        )
         matting = Matting(
-            sessions.get(images.matting, ctx.device),
+            session,
             family=images.matting_family,
             size=images.matting_size,
         )

@@ -100,8 +100,19 @@ def load_detector(ctx: TaskContext, min_score: float | None = None) -> YoloDetec
             status=503,
         )
     assert ctx.sessions is not None, "the scheduler gives model tasks a session cache"
+    batching = ctx.config.batching
+    session = (
+        ctx.sessions.batched(
+            objects.detector,
+            ctx.device,
+            max_batch=batching.max_batch,
+            max_wait_ms=batching.max_wait_ms,
+        )
+        if batching.enabled
+        else ctx.sessions.get(objects.detector, ctx.device)
+    )
     return YoloDetector(
-        ctx.sessions.get(objects.detector, ctx.device),
+        session,
         names=list(objects.names),
         input_size=objects.input_size,
         score_threshold=objects.min_score if min_score is None else min_score,
