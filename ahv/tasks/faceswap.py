@@ -58,25 +58,32 @@ def needed_models(config: Config) -> list[str]:
     return names
 
 
-def load_face_models(ctx: TaskContext) -> FaceModels:
-    """Sessions come from the shared cache: loaded once per (model, device), then reused."""
+def load_face_detector(ctx: TaskContext) -> MtcnnDetector | ScrfdDetector:
+    """The face detector of [faceswap]: MTCNN (built offline) or an SCRFD model."""
     sessions = ctx.sessions
-    assert sessions is not None, "the scheduler gives face tasks a session cache"
+    assert sessions is not None, "the scheduler gives model tasks a session cache"
     face, device = ctx.config.faceswap, ctx.device
     if face.detector == MTCNN:
         paths = build_mtcnn_models(Path(ctx.config.models.dir))
-        detector: MtcnnDetector | ScrfdDetector = MtcnnDetector(
+        return MtcnnDetector(
             sessions.get_file(paths["pnet"], device),
             sessions.get_file(paths["rnet"], device),
             sessions.get_file(paths["onet"], device),
             min_face_px=face.min_face_px,
         )
-    else:
-        detector = ScrfdDetector(
-            sessions.get(face.detector, device),
-            input_size=(face.det_size, face.det_size),
-            score_threshold=face.score_threshold,
-        )
+    return ScrfdDetector(
+        sessions.get(face.detector, device),
+        input_size=(face.det_size, face.det_size),
+        score_threshold=face.score_threshold,
+    )
+
+
+def load_face_models(ctx: TaskContext) -> FaceModels:
+    """Sessions come from the shared cache: loaded once per (model, device), then reused."""
+    sessions = ctx.sessions
+    assert sessions is not None, "the scheduler gives face tasks a session cache"
+    face, device = ctx.config.faceswap, ctx.device
+    detector = load_face_detector(ctx)
     swapper_path = sessions.registry.require(face.swapper)
     nsfw = None
     if face.nsfw_model:

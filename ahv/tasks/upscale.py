@@ -11,7 +11,6 @@ blended with the face by `fidelity`. The output size is checked before any model
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -22,9 +21,10 @@ from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
 from ahv.imageops import METHOD, plan_upscale, resize_lanczos, sharpen
 from ahv.imaging import decode_image, encode_image
-from ahv.models.face import Face, MtcnnDetector, ScrfdDetector, build_mtcnn_models
+from ahv.models.face import Face
 from ahv.models.superres import FaceRestorer, SuperResolution
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
+from ahv.tasks.faceswap import load_face_detector
 
 
 class UpscalePayload(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -76,25 +76,6 @@ def _model_upscale(
     return enlarged
 
 
-def _detector(ctx: TaskContext) -> MtcnnDetector | ScrfdDetector:
-    """The face detector of [faceswap] (only the detector: the swap models are not needed)."""
-    sessions, face = ctx.sessions, ctx.config.faceswap
-    assert sessions is not None, "the scheduler gives model tasks a session cache"
-    if face.detector == "mtcnn":
-        paths = build_mtcnn_models(Path(ctx.config.models.dir))
-        return MtcnnDetector(
-            sessions.get_file(paths["pnet"], ctx.device),
-            sessions.get_file(paths["rnet"], ctx.device),
-            sessions.get_file(paths["onet"], ctx.device),
-            min_face_px=face.min_face_px,
-        )
-    return ScrfdDetector(
-        sessions.get(face.detector, ctx.device),
-        input_size=(face.det_size, face.det_size),
-        score_threshold=face.score_threshold,
-    )
-
-
 def _restore_faces(
     ctx: TaskContext,
     source: npt.NDArray[np.uint8],
@@ -107,7 +88,7 @@ def _restore_faces(
     assert sessions is not None, "the scheduler gives model tasks a session cache"
     restorer = FaceRestorer(sessions.get(ctx.config.images.restorer, ctx.device))
     min_px = ctx.config.faceswap.min_face_px
-    found = _detector(ctx).detect(np.ascontiguousarray(source[..., :3]))
+    found = load_face_detector(ctx).detect(np.ascontiguousarray(source[..., :3]))
     faces = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_px]
     ctx.checkpoint()
     sx = pixels.shape[1] / source.shape[1]
