@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ahv.providers.config import ProvidersConfig, check_providers
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
@@ -185,6 +187,8 @@ class Config(_Section, frozen=True):
     images: ImageModelsConfig = ImageModelsConfig()
     batching: BatchingConfig = BatchingConfig()
     backends: list[BackendConfig] = []
+    # Cloud APIs for the generation tasks (ahv/providers/config.py).
+    providers: ProvidersConfig = ProvidersConfig()
 
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
@@ -257,6 +261,7 @@ def _check(config: Config) -> list[str]:
     if config.server.public_url and not re.match(r"^https?://", config.server.public_url):
         problems.append("server.public_url: must start with http:// or https://")
     problems += _check_models(config.models)
+    problems += check_providers(config.providers, backend_names)
     return problems
 
 

@@ -19,7 +19,8 @@ STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, REJECTED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, CANCELED})
 
 # Error codes that mean "refused by a content filter" end a job as `rejected`, not `failed`.
-REJECTION_CODES = frozenset({"nsfw_blocked"})
+# `content_blocked`: a cloud provider's safety system refused the prompt, an input or the result.
+REJECTION_CODES = frozenset({"nsfw_blocked", "content_blocked"})
 
 
 class JobRow(msgspec.Struct, kw_only=True):

@@ -22,6 +22,7 @@ from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
 from ahv.models.registry import ModelRegistry
 from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
+from ahv.providers.hub import ProviderHub
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
 from ahv.store import IdempotencyConflict, Store
@@ -72,6 +73,11 @@ class Orchestrator:
             gpu_mem_limit_mb=config.models.gpu_mem_limit_mb,
             require_gpu={b.device for b in config.backends if b.require_gpu},
         )
+        # Cloud providers (ahv/providers/): the tasks each one runs, keys read at start.
+        self.providers = ProviderHub(
+            config,
+            {n: s.provider(config) for n, s in self.registry.items() if s.provider is not None},
+        )
         self.predictor = Predictor(
             {name: spec.default_predict_s for name, spec in self.registry.items()},
             config.queue.keep_durations,
@@ -87,6 +93,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self._check_devices()  # first: a refused start leaves nothing open
+        await self.providers.start()  # reads key files: a missing one refuses the start
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for partial in self.files_dir.glob("*.part"):
             partial.unlink(missing_ok=True)  # outputs of jobs cut off by a crash
@@ -110,6 +117,7 @@ class Orchestrator:
             public_url=lambda: self.public_url,
             on_finished=self._on_finished,
             sessions=self.sessions,
+            providers=self.providers,
         )
         await self._scheduler.start()
         await self._webhooks.start()
@@ -128,6 +136,7 @@ class Orchestrator:
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
+        await self.providers.close()
         await self.store.close()
         self.sessions.clear()
 
@@ -248,6 +257,9 @@ class Orchestrator:
             raise AhvError(
                 "unknown_task", f"task: unknown task {task!r} (known: {known})", status=422
             )
+        missing_provider = self.providers.unavailable_reason(task)
+        if missing_provider is not None:
+            raise AhvError("model_unavailable", f"task: {missing_provider}", status=422)
         if self.scheduler.slots_for(task) == 0:
             raise AhvError(
                 "task_unavailable", f"task: no backend in ahv.toml serves {task!r}", status=422
@@ -345,6 +357,8 @@ class Orchestrator:
                 job = await self.wait_finished(job.id, stop_wait_s) or job
         if job.result and job.result.get("filename"):
             (self.files_dir / str(job.result["filename"])).unlink(missing_ok=True)
+        for extra in (job.result or {}).get("files") or []:  # tasks with several results
+            (self.files_dir / str(extra["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
 
     # -- waiting for the end of a job -------------------------------------------------------------
@@ -418,6 +432,7 @@ class Orchestrator:
                         for task, reason in unavailable.items()
                         if task in backend.tasks
                     },
+                    **self.providers.diag(backend.config.device),
                 }
             )
         return rows

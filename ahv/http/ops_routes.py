@@ -44,6 +44,8 @@ async def diag_backends(request: web.Request) -> web.Response:
             "ok": True,
             "queue_depth": app.store.queued_count,
             "backends": await app.backends(),
+            # Cloud providers not set up in ahv.toml, and the tasks that are unavailable so.
+            "unavailable_providers": app.providers.unconfigured_rows(),
         }
     )
 

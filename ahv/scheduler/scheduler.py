@@ -33,6 +33,7 @@ from ahv.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from ahv.models.sessions import SessionCache
+    from ahv.providers.hub import ProviderHub
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Backend:
 
     @property
     def kind(self) -> str:
+        if self.config.device.startswith("provider:"):
+            return "provider"
         return "cuda" if self.config.device.startswith("cuda") else "cpu"
 
 
@@ -76,6 +79,7 @@ class Scheduler:
         public_url: Callable[[], str],
         on_finished: Callable[[JobRow], None],
         sessions: SessionCache | None = None,
+        providers: ProviderHub | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -88,7 +92,12 @@ class Scheduler:
         self._public_url = public_url
         self._on_finished = on_finished
         self._sessions = sessions
-        self.backends = [Backend(b, [t for t in b.tasks if t in registry]) for b in config.backends]
+        self._providers = providers
+        # Each configured cloud provider is one more backend, serving only its own tasks.
+        extra = providers.backend_configs() if providers is not None else []
+        self.backends = [
+            Backend(b, [t for t in b.tasks if t in registry]) for b in [*config.backends, *extra]
+        ]
         total_slots = sum(b.config.slots for b in self.backends)
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, total_slots), thread_name_prefix="ahv-work"
@@ -222,6 +231,7 @@ class Scheduler:
             attempt=job.attempts,
             # On CUDA each slot has its own sessions, hence its own stream (ahv/models/sessions.py).
             sessions=self._sessions.for_slot(slot_name) if self._sessions is not None else None,
+            providers=self._providers,
         )
         self._running[job.id] = _Running(job, ctx)
         if job.id in self._early_cancels or job.cancel_requested:
@@ -305,6 +315,15 @@ class Scheduler:
             result["url"] = f"{self._public_url()}/files/{output.filename}"
             result["filename"] = output.filename
         result["meta"] = meta
+        if output.files:
+            result["files"] = [
+                {
+                    "url": f"{self._public_url()}/files/{f.filename}",
+                    "filename": f.filename,
+                    "meta": f.meta,
+                }
+                for f in output.files
+            ]
         finished = await self._finish(job, SUCCEEDED, result, None, expect=RUNNING, progress=100)
         if finished is None:  # deleted while it ran: its files go too
             self._remove_files(ctx)
@@ -329,6 +348,8 @@ class Scheduler:
         queue = self._config.queue
         delay_s = min(queue.retry_max_s, queue.retry_base_s * 2 ** (job.attempts - 1))
         delay_s *= random.uniform(0.5, 1.5)
+        if exc.retry_after_s is not None:  # the provider's Retry-After, up to retry_max_s
+            delay_s = max(delay_s, min(exc.retry_after_s, queue.retry_max_s))
         log.info("job %s: %s, retrying in %.1f s", job.id, exc.code, delay_s)
         retried = msgspec.structs.replace(job, error=exc.to_dict())
         await self._store.requeue(
