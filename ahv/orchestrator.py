@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+import ahv
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
 from ahv.errors import AhvError, StartupError, invalid_payload
@@ -24,10 +25,11 @@ from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
-from ahv.store import IdempotencyConflict, Store
+from ahv.store import IdempotencyConflict, OutboxEvent, Store
 from ahv.tasks import TaskSpec, load_registry
 from ahv.timeutil import now_us
-from ahv.webhooks import EVENTS, WebhookSender
+from ahv.watch import JobWatch
+from ahv.webhooks import EVENTS, FINISHED, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,14 @@ class Orchestrator:
         self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
         self._scheduler: Scheduler | None = None
         self._webhooks: WebhookSender | None = None
+        # Live event streams, metrics and stats history, fed by every job change.
+        self.watch = JobWatch(
+            store=self.store,
+            document=self.document,
+            version=ahv.__version__,
+            tasks=sorted(self.registry),
+            batch_sizes=self.sessions.batch_sizes,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -96,7 +106,11 @@ class Orchestrator:
         self.predictor.seed(await self.store.recent_durations(self.config.queue.keep_durations))
         self._http = make_client_session(self.policy)
         self._webhooks = WebhookSender(
-            config=self.config, store=self.store, http=self._http, policy=self.policy
+            config=self.config,
+            store=self.store,
+            http=self._http,
+            policy=self.policy,
+            on_attempt=self.watch.metrics.webhook_attempt,
         )
         self._scheduler = Scheduler(
             config=self.config,
@@ -110,8 +124,10 @@ class Orchestrator:
             public_url=lambda: self.public_url,
             on_finished=self._on_finished,
             sessions=self.sessions,
+            on_change=self.watch.changed,
         )
         await self._scheduler.start()
+        self.watch.seed([key.name for key in self.config.keys])
         await self._webhooks.start()
 
     async def drain(self) -> None:
@@ -124,6 +140,7 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Drain if not done yet, deliver due webhooks, close the store."""
+        self.watch.hub.close()
         await self.drain()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
@@ -229,6 +246,7 @@ class Orchestrator:
             return self._replay(exc.existing, request_hash, idempotency_key)
         if created:
             self.scheduler.wake()
+            self.watch.changed("submitted", row)
         return row, created
 
     @staticmethod
@@ -346,6 +364,26 @@ class Orchestrator:
         if job.result and job.result.get("filename"):
             (self.files_dir / str(job.result["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
+        self.watch.deleted(job)
+
+    async def redeliver(self, caller: Caller, job_id: str) -> OutboxEvent:
+        """Send a finished job's `job.finished` event again, now: the same event (webhook-id
+        and body, so receivers deduplicate), attempts from 0, delivered or given up before."""
+        job = await self.visible_job(caller, job_id)
+        if not job.is_terminal:
+            raise AhvError(
+                "not_finished",
+                f"job {job_id} is {job.status}; it has no job.finished event yet",
+                status=409,
+            )
+        event = None
+        if job.webhook_url:
+            event = await self.store.outbox_redeliver(job.id, FINISHED, now_us())
+        if event is None:
+            raise AhvError("no_webhook", f"job {job_id} has no webhook_url", status=409)
+        if self._webhooks is not None:
+            self._webhooks.wake()
+        return event
 
     # -- waiting for the end of a job -------------------------------------------------------------
 
@@ -367,6 +405,7 @@ class Orchestrator:
                 self._waiters.pop(job_id, None)
 
     def _on_finished(self, job: JobRow) -> None:
+        self.watch.changed("finished", job)
         for future in self._waiters.pop(job.id, []):
             if not future.done():
                 future.set_result(job)
@@ -390,6 +429,10 @@ class Orchestrator:
             "predict_time_s": {t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
             "webhooks": await self.store.outbox_counts(),
             "recent": [self.document(job) for job in recent],
+            # Per minute, the last hour (in memory, since the server started).
+            "history": self.watch.history.view(
+                now_us() // 1000, None if caller.is_admin else caller.name
+            ),
         }
 
     async def backends(self) -> list[dict[str, Any]]:
