@@ -39,6 +39,10 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: PositiveInt = 1_048_576
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     plugins: list[str] = []
+    # Seconds between keepalive comments on an idle event stream (GET /v1/events, ...).
+    sse_keepalive_s: PositiveFloat = 15.0
+    # `Authorization: Bearer <token>` accepted on GET /metrics; empty = admin keys only.
+    metrics_token: str = ""
 
 
 class KeyConfig(_Section, frozen=True):

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+import ahv
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
 from ahv.errors import AhvError, StartupError, invalid_payload
@@ -25,10 +26,11 @@ from ahv.netguard import AddressPolicy, check_url, make_client_session
 from ahv.providers.hub import ProviderHub
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
-from ahv.store import IdempotencyConflict, Store
+from ahv.store import IdempotencyConflict, OutboxEvent, Store
 from ahv.tasks import TaskSpec, load_registry
 from ahv.timeutil import now_us
-from ahv.webhooks import EVENTS, WebhookSender
+from ahv.watch import JobWatch
+from ahv.webhooks import EVENTS, FINISHED, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,14 @@ class Orchestrator:
         self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
         self._scheduler: Scheduler | None = None
         self._webhooks: WebhookSender | None = None
+        # Live event streams, metrics and stats history, fed by every job change.
+        self.watch = JobWatch(
+            store=self.store,
+            document=self.document,
+            version=ahv.__version__,
+            tasks=sorted(self.registry),
+            batch_sizes=self.sessions.batch_sizes,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,7 +113,11 @@ class Orchestrator:
         self.predictor.seed(await self.store.recent_durations(self.config.queue.keep_durations))
         self._http = make_client_session(self.policy)
         self._webhooks = WebhookSender(
-            config=self.config, store=self.store, http=self._http, policy=self.policy
+            config=self.config,
+            store=self.store,
+            http=self._http,
+            policy=self.policy,
+            on_attempt=self.watch.metrics.webhook_attempt,
         )
         self._scheduler = Scheduler(
             config=self.config,
@@ -118,8 +132,10 @@ class Orchestrator:
             on_finished=self._on_finished,
             sessions=self.sessions,
             providers=self.providers,
+            on_change=self.watch.changed,
         )
         await self._scheduler.start()
+        self.watch.seed([key.name for key in self.config.keys])
         await self._webhooks.start()
 
     async def drain(self) -> None:
@@ -132,6 +148,7 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Drain if not done yet, deliver due webhooks, close the store."""
+        self.watch.hub.close()
         await self.drain()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
@@ -238,6 +255,7 @@ class Orchestrator:
             return self._replay(exc.existing, request_hash, idempotency_key)
         if created:
             self.scheduler.wake()
+            self.watch.changed("submitted", row)
         return row, created
 
     @staticmethod
@@ -360,6 +378,26 @@ class Orchestrator:
         for extra in (job.result or {}).get("files") or []:  # tasks with several results
             (self.files_dir / str(extra["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
+        self.watch.deleted(job)
+
+    async def redeliver(self, caller: Caller, job_id: str) -> OutboxEvent:
+        """Send a finished job's `job.finished` event again, now: the same event (webhook-id
+        and body, so receivers deduplicate), attempts from 0, delivered or given up before."""
+        job = await self.visible_job(caller, job_id)
+        if not job.is_terminal:
+            raise AhvError(
+                "not_finished",
+                f"job {job_id} is {job.status}; it has no job.finished event yet",
+                status=409,
+            )
+        event = None
+        if job.webhook_url:
+            event = await self.store.outbox_redeliver(job.id, FINISHED, now_us())
+        if event is None:
+            raise AhvError("no_webhook", f"job {job_id} has no webhook_url", status=409)
+        if self._webhooks is not None:
+            self._webhooks.wake()
+        return event
 
     # -- waiting for the end of a job -------------------------------------------------------------
 
@@ -381,6 +419,7 @@ class Orchestrator:
                 self._waiters.pop(job_id, None)
 
     def _on_finished(self, job: JobRow) -> None:
+        self.watch.changed("finished", job)
         for future in self._waiters.pop(job.id, []):
             if not future.done():
                 future.set_result(job)
@@ -404,6 +443,10 @@ class Orchestrator:
             "predict_time_s": {t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
             "webhooks": await self.store.outbox_counts(),
             "recent": [self.document(job) for job in recent],
+            # Per minute, the last hour (in memory, since the server started).
+            "history": self.watch.history.view(
+                now_us() // 1000, None if caller.is_admin else caller.name
+            ),
         }
 
     async def backends(self) -> list[dict[str, Any]]:

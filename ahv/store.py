@@ -601,6 +601,28 @@ class Store:
         )
         return [_from_outbox_row(r) for r in rows]
 
+    async def outbox_redeliver(self, job_id: str, event: str, now_us: int) -> OutboxEvent | None:
+        """Make the job's latest `event` delivery pending again, due now, attempts from 0,
+        keeping its event_id and body (receivers deduplicate on them). None if it has none."""
+
+        def run(conn: sqlite3.Connection) -> OutboxEvent | None:
+            row = conn.execute(
+                "SELECT id FROM outbox WHERE job_id = ? AND event = ? ORDER BY id DESC LIMIT 1",
+                (job_id, event),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                """UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_us = ?,
+                   delivered_us = NULL WHERE id = ?""",
+                (now_us, row[0]),
+            )
+            return _from_outbox_row(
+                conn.execute("SELECT * FROM outbox WHERE id = ?", (row[0],)).fetchone()
+            )
+
+        return await self._transaction(run)
+
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._call(
             lambda c: c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -84,8 +85,11 @@ class WebhookSender:
         store: Store,
         http: aiohttp.ClientSession,
         policy: AddressPolicy,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config.webhooks
+        # Told of each job.finished attempt's outcome: delivered, failed_attempt, gave_up.
+        self._on_attempt = on_attempt or (lambda result: None)
         self._store = store
         self._http = http
         self._policy = policy
@@ -217,11 +221,14 @@ class WebhookSender:
         if status is not None and 200 <= status < 300:
             event.state = "delivered"
             event.delivered_us = now_us()
+            self._on_attempt("delivered")
         elif retryable and event.attempts < self._config.max_attempts:
             event.next_attempt_us = now_us() + int(self._backoff_s(event, retry_after) * 1e6)
+            self._on_attempt("failed_attempt")
         else:
             event.state = "failed"
             log.warning("webhook %s for job %s failed for good", event.event_id, event.job_id)
+            self._on_attempt("gave_up")
         # If shutdown cancels us before this write, the event stays pending and is sent
         # again after the restart: at least once, under the same webhook-id.
         await self._store.outbox_record(event)

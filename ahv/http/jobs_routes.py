@@ -109,24 +109,3 @@ async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     await orchestrator(request).delete(caller(request), job_id)
     return json_response({"ok": True, "job_id": job_id, "deleted": True})
-
-
-@routes.get("/v1/jobs/{job_id}/webhooks")
-async def job_webhooks(request: web.Request) -> web.Response:
-    app = orchestrator(request)
-    job = await app.visible_job(caller(request), request.match_info["job_id"])
-    deliveries = [
-        {
-            "event_id": e.event_id,
-            "event": e.event,
-            "url": e.url,
-            "state": e.state,
-            "attempts": e.attempts,
-            "last_status": e.last_status,
-            "last_error": e.last_error,
-            "next_attempt_at_ms": e.next_attempt_us // 1000 if e.state == "pending" else None,
-            "delivered_at_ms": None if e.delivered_us is None else e.delivered_us // 1000,
-        }
-        for e in await app.store.outbox_for_job(job.id)
-    ]
-    return json_response({"ok": True, "job_id": job.id, "deliveries": deliveries})

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 PUBLIC_PREFIXES = ("/healthz", "/files/")
 PUBLIC_PATHS = frozenset({"/", "/docs"})
+# Paths that check credentials themselves (/metrics also takes a bearer token).
+SELF_AUTHENTICATED = frozenset({"/metrics"})
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -74,6 +76,8 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
         app.seen_base_url = f"http://{host}:{port}"
     path = request.path
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    if path in SELF_AUTHENTICATED:
         return await handler(request)
     request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
     return await handler(request)

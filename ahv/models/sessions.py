@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,15 @@ class SessionCache:
             row["batches"] += stats["batches"]
             row["items"] += stats["items"]
             row["mean_batch"] = round(row["items"] / row["batches"], 3) if row["batches"] else 0.0
+        return totals
+
+    def batch_sizes(self) -> dict[str, Counter[int]]:
+        """{model: {batch size: runs}} over every device and slot (for /metrics)."""
+        with self._shared.lock:
+            wrappers = [(k[1], w) for k, w in self._shared.batched.items()]
+        totals: dict[str, Counter[int]] = {}
+        for model, wrapper in wrappers:
+            totals.setdefault(model, Counter()).update(wrapper.sizes())
         return totals
 
     def get_file(self, path: Path, device: str, *, slot: str | None = None) -> ort.InferenceSession:

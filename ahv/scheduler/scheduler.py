@@ -80,6 +80,7 @@ class Scheduler:
         on_finished: Callable[[JobRow], None],
         sessions: SessionCache | None = None,
         providers: ProviderHub | None = None,
+        on_change: Callable[[Any, JobRow], None] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -92,6 +93,9 @@ class Scheduler:
         self._public_url = public_url
         self._on_finished = on_finished
         self._sessions = sessions
+        # Told of each change of a job but its end (claimed, progress, requeued): the live
+        # events, metrics and history (ahv/watch.py); the end goes through on_finished.
+        self._on_change = on_change or (lambda kind, job: None)
         self._providers = providers
         # Each configured cloud provider is one more backend, serving only its own tasks.
         extra = providers.backend_configs() if providers is not None else []
@@ -206,6 +210,7 @@ class Scheduler:
                     pass
                 continue
             backend.busy[slot] = job.id
+            self._on_change("claimed", job)
             try:
                 await self._run(job, backend, slot_name)
             except Exception:
@@ -340,6 +345,7 @@ class Scheduler:
         if ctx.cancel_reason == "shutdown":
             log.info("job %s: interrupted by shutdown, requeued", job.id)
             await self._store.requeue(job, run_after_us=0, refund_attempt=True)
+            await self._requeued(job.id)
             return
         await self._finish(job, CANCELED, None, None, expect=RUNNING)
 
@@ -355,6 +361,12 @@ class Scheduler:
         await self._store.requeue(
             retried, run_after_us=now_us() + int(delay_s * 1e6), refund_attempt=False
         )
+        await self._requeued(job.id)
+
+    async def _requeued(self, job_id: str) -> None:
+        job = await self._store.get(job_id)
+        if job is not None and job.status == QUEUED:
+            self._on_change("requeued", job)
 
     async def _finish(
         self,
@@ -388,6 +400,7 @@ class Scheduler:
         if running is None or percent <= running.job.progress:
             return
         running.job = msgspec.structs.replace(running.job, progress=percent)
+        self._on_change("progress", running.job)
         write = asyncio.ensure_future(self._store.set_progress(job.id, percent))
         self._background.add(write)
         write.add_done_callback(self._background.discard)
