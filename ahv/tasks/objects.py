@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
-from ahv.imaging import decode_image, encode_image
+from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.inpaint import CLASSICAL, LAMA, LamaInpainter, classical_inpaint
 from ahv.models.yolo import Detection, YoloDetector
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
@@ -163,7 +163,7 @@ def _decode(ctx: TaskContext, data: bytes, field: str) -> tuple[Image, bool]:
 
 def scan(ctx: TaskContext, payload: ScanPayload, data: bytes) -> TaskOutput:
     pixels, _ = _decode(ctx, data, "image_url")
-    image = np.ascontiguousarray(pixels[..., :3])
+    image = flatten_alpha(pixels)
     height, width = image.shape[:2]
     ctx.progress(30)
     detector = load_detector(ctx, payload.min_score)
@@ -242,7 +242,7 @@ def remove(
             raise AhvError("invalid_mask", "mask_url: the mask is empty")
         default_dilate = 0
     else:
-        mask, chosen = prompt_mask(ctx, image, prompt_labels(payload.prompt))
+        mask, chosen = prompt_mask(ctx, flatten_alpha(pixels), prompt_labels(payload.prompt))
         meta["objects"] = object_rows(chosen)
         default_dilate = ctx.config.objects.mask_dilate_px
     grow = default_dilate if payload.dilate_px is None else payload.dilate_px
