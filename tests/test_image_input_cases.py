@@ -1,14 +1,19 @@
 """Every awkward input kind of research/input-cases.md (C01–C11), for each image task, through
 one real server: `upscale`, `remove_background`, `scan_objects` and `remove_object` (its image
-and its mask) × alpha, gray, gray+alpha, 16-bit, palette, CMYK, EXIF-rotated, single-frame GIF,
-and the kinds that must fail (animated, huge, empty, truncated, not an image).
+and its mask) × alpha, gray, gray+alpha, 16-bit, palette, CMYK, EXIF-rotated (mirrored too),
+single-frame GIF, and the kinds that must fail with their code (animated GIF/PNG/WebP, a huge
+header, empty, truncated, text, HTML), webhook included; then faceswap targets and sources of
+those kinds, and the upscale output limit.
 
 The inputs are cut from real photos (skimage's astronaut, insightface's t1.jpg); the models are
-the tiny ones of the real signatures (scripts/tiny_models_*.py), so every expected output is
-computed here from an independent Pillow/numpy reference of the upright picture."""
+the tiny ones with the real signatures (scripts/), so each expected output is computed here from
+a Pillow/numpy reference of the upright picture. Detection and matting see transparent pixels
+as flat gray (README, "Image inputs"); the RGBA kind hides a red square under alpha 0 to prove it.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,9 +33,11 @@ from PIL import Image, ImageOps
 
 from ahv.config import Config
 from ahv.http.app import create_app
+from ahv.models.face.mtcnn import MtcnnDetector, build_mtcnn_models
 from ahv.models.matting import Matting
 from ahv.models.yolo import Detection, YoloDetector
 from ahv.tasks.objects import object_rows
+from scripts.make_test_models import make_test_models
 from scripts.tiny_models_images import make_all
 from scripts.tiny_models_objects import make_lama, make_yolo
 from tests import media as fixtures
@@ -39,7 +46,7 @@ from tests.conftest import Api, MediaServer, Receiver, base_config, merge
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TASKS = ("upscale", "remove_background", "scan_objects", "remove_object")
-MODELS = ("tiny_matting", "tiny_sr_x2", "yolo_tiny", "lama_dyn")
+MODELS = ("tiny_matting", "tiny_sr_x2", "yolo_tiny", "lama_dyn", "w600k_r50", "inswapper_128")
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG", b"\xff\xd8\xff"
 # What the detectors see under transparent pixels: the gray YOLO letterboxes with.
 VISIBLE_GRAY = 114
@@ -96,6 +103,12 @@ def rgba_hidden_png() -> bytes:
     return png(bgr(np.dstack([rgb, alpha])))
 
 
+def animated_png() -> bytes:
+    """An APNG: three 64×64 crops of the photo."""
+    first, *rest = (fixtures.astronaut_rgb().crop((i * 40, 0, i * 40 + 64, 64)) for i in range(3))
+    return encoded(first, "PNG", save_all=True, append_images=rest, duration=100)
+
+
 def html_page() -> bytes:
     return b"<!DOCTYPE html><html><head><title>404</title></head><body>Not found</body></html>"
 
@@ -143,17 +156,13 @@ class BadKind:
     words: tuple[str, ...]
 
 
+UNSUPPORTED, NOT_IMAGE = "unsupported_media_type", ("not a supported image",)
 BAD = [
-    BadKind(
-        "animated_gif", fixtures.animated_gif, "image/png", "unsupported_media_type", ("animated",)
-    ),
-    BadKind(
-        "animated_webp",
-        fixtures.animated_webp,
-        "image/webp",
-        "unsupported_media_type",
-        ("animated",),
-    ),
+    # Served as image/png: the format comes from the bytes, not the Content-Type.
+    BadKind("animated_gif", fixtures.animated_gif, "image/png", UNSUPPORTED, ("animated",)),
+    BadKind("animated_png", animated_png, "image/png", UNSUPPORTED, ("animated",)),
+    BadKind("animated_webp", fixtures.animated_webp, "image/webp", UNSUPPORTED, ("animated",)),
+    # The file holds one row of pixel data: had it been decoded, it would be corrupt_input.
     BadKind(
         "huge_header",
         lambda: fixtures.huge_header_png(30000, 30000),
@@ -165,14 +174,8 @@ BAD = [
     BadKind(
         "truncated_jpeg", fixtures.truncated_jpeg, "image/jpeg", "corrupt_input", ("truncated",)
     ),
-    BadKind(
-        "text",
-        fixtures.text_file,
-        "image/png",
-        "unsupported_media_type",
-        ("not a supported image",),
-    ),
-    BadKind("html", html_page, "text/html", "unsupported_media_type", ("not a supported image",)),
+    BadKind("text", fixtures.text_file, "image/png", UNSUPPORTED, NOT_IMAGE),
+    BadKind("html", html_page, "text/html", UNSUPPORTED, NOT_IMAGE),
 ]
 
 
@@ -192,15 +195,15 @@ class Rig:
         )
 
 
-def rig_config(models: Path, data_dir: Path, **images: Any) -> Config:
+def rig_config(models: Path, data_dir: Path) -> Config:
     overrides = {
         "models": {
             "dir": str(models),
             "files": {name: {"file": f"{name}.onnx"} for name in MODELS},
         },
-        "images": {"matting": "tiny_matting", "upscaler": "tiny_sr_x2", **images},
+        "images": {"matting": "tiny_matting", "upscaler": "tiny_sr_x2"},
         "objects": {"detector": "yolo_tiny", "inpainter": "lama_dyn"},
-        "backends": [{"name": "cpu", "slots": 2, "tasks": list(TASKS)}],
+        "backends": [{"name": "cpu", "slots": 2, "tasks": [*TASKS, "faceswap"]}],
     }
     return msgspec.convert(merge(base_config(data_dir), overrides), Config)
 
@@ -219,6 +222,8 @@ async def rig(tmp_path_factory: Any) -> AsyncIterator[Rig]:
     make_all(models)
     make_yolo(models / "yolo_tiny.onnx")
     make_lama(models / "lama_dyn.onnx", dynamic=True)
+    make_test_models(models)
+    build_mtcnn_models(models)
     media, receiver = MediaServer(), Receiver()
     media_app, receiver_app = web.Application(), web.Application()
     media_app.router.add_get("/{name}", media.handle)
@@ -598,3 +603,110 @@ async def test_upscale_output_limit_is_checked_before_the_model(rig: Rig, tmp_pa
         assert "tiny_sr_x2" in doc["error"]["message"]
     finally:
         await server.close()
+
+
+# -- faceswap: target and source in the awkward kinds ------------------------------------------
+
+
+def rgb16_photo_png() -> bytes:
+    """48-bit RGB of the photo in natural colours (the matrix's rgb16 is tinted past what a
+    face detector takes for skin)."""
+    rgb = np.asarray(fixtures.astronaut_rgb(), dtype=np.uint16) * 257
+    return png(np.ascontiguousarray(rgb[..., ::-1]))
+
+
+FACE_NAMES = ("rgba", "gray", "gray_alpha", "gray16", "exif6", "exif7_mirrored")
+FACE_KINDS = [*(k for k in VALID if k.name in FACE_NAMES), Kind("rgb16_photo", rgb16_photo_png)]
+SOURCE_KINDS = [k for k in VALID if k.name in ("rgba", "gray16", "exif8")]
+
+
+@functools.cache
+def small_face_png() -> bytes:
+    """The photo at 256×256: one face, quick to detect."""
+    return encoded(fixtures.astronaut_rgb().resize((256, 256), Image.Resampling.LANCZOS), "PNG")
+
+
+def face_boxes(rig: Rig, shown: Pixels) -> list[list[float]]:
+    """The boxes (as result.meta rounds them) MTCNN finds in a picture, left to right."""
+    detector = MtcnnDetector(
+        rig.session("mtcnn_pnet"), rig.session("mtcnn_rnet"), rig.session("mtcnn_onet")
+    )
+    faces = [
+        f for f in detector.detect(shown) if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= 20
+    ]
+    return [[round(float(v), 1) for v in f.box] for f in faces]
+
+
+def near_faces(shape: tuple[int, ...], boxes: list[list[float]]) -> Pixels:
+    """Where a paste-back may change pixels: each box grown by its own size on every side."""
+    near = np.zeros(shape[:2], bool)
+    for x1, y1, x2, y2 in boxes:
+        grow_x, grow_y = x2 - x1, y2 - y1
+        near[
+            max(0, int(y1 - grow_y)) : int(y2 + grow_y) + 1,
+            max(0, int(x1 - grow_x)) : int(x2 + grow_x) + 1,
+        ] = True
+    return near
+
+
+@pytest.mark.parametrize("kind", FACE_KINDS, ids=[k.name for k in FACE_KINDS])
+async def test_faceswap_target_of_any_kind(rig: Rig, kind: Kind) -> None:
+    data = kind.make()
+    ref = kind.reference(data)
+    height, width = ref.shape[:2]
+    alpha = ref.shape[2] == 4
+    payload = {
+        "target_url": rig.media.add(f"face-target-{kind.name}", data),
+        "source_url": rig.media.add(f"face-target-{kind.name}-source.png", small_face_png()),
+        "upscale": 0,
+    }
+    doc = await run_job(rig, "faceswap", payload, f"/face-target-{kind.name}")
+    assert doc["status"] == "succeeded", doc["error"]
+    meta = doc["result"]["meta"]
+    assert (meta["width"], meta["height"]) == (width, height)
+    # The faces are the upright picture's, as shown (EXIF applied, alpha over gray).
+    expected = face_boxes(rig, visible(ref))
+    assert expected and [f["box"] for f in meta["faces"]["target"]] == expected
+    assert len(meta["swapped"]) == len(expected)
+    out, data_out = await result_file(rig, doc)
+    assert data_out.startswith(PNG_MAGIC if alpha else JPEG_MAGIC)
+    assert out.shape == (height, width, 4 if alpha else 3)
+    near = near_faces(out.shape, expected)
+    assert np.any(out[near][..., :3] != ref[near][..., :3])  # something was swapped
+    if alpha:
+        assert np.array_equal(out[..., 3], ref[..., 3])
+        assert np.array_equal(out[~near], ref[~near])
+    else:
+        assert_jpeg_close(out, ref, ~near)
+
+
+@pytest.mark.parametrize("kind", SOURCE_KINDS, ids=[k.name for k in SOURCE_KINDS])
+async def test_faceswap_source_of_any_kind(rig: Rig, kind: Kind) -> None:
+    data = kind.make()
+    payload = {
+        "target_url": rig.media.add(f"face-source-{kind.name}-target.png", small_face_png()),
+        "source_url": rig.media.add(f"face-source-{kind.name}", data),
+        "upscale": 0,
+    }
+    doc = await run_job(rig, "faceswap", payload, f"/face-source-{kind.name}")
+    assert doc["status"] == "succeeded", doc["error"]
+    (source_faces,) = doc["result"]["meta"]["faces"]["sources"]
+    expected = face_boxes(rig, visible(kind.reference(data)))
+    assert expected and [f["box"] for f in source_faces] == expected
+
+
+async def test_a_face_under_alpha_zero_is_not_a_face(rig: Rig) -> None:
+    """The whole photo is kept in the colour channels, but only its bottom strip (no face) is
+    visible: the target has no face to swap."""
+    photo = cv2.imread(str(fixtures.astronaut_path()), cv2.IMREAD_COLOR)
+    alpha = np.zeros(photo.shape[:2], np.uint8)
+    alpha[420:, :] = 255
+    target = np.dstack([photo, alpha])
+    assert face_boxes(rig, photo) and not face_boxes(rig, visible(target))
+    payload = {
+        "target_url": rig.media.add("face-hidden.png", png(target)),
+        "source_url": rig.media.add("face-hidden-source.png", small_face_png()),
+        "upscale": 0,
+    }
+    doc = await run_job(rig, "faceswap", payload, "/face-hidden")
+    assert_failed(doc, "no_face_detected", "target_url", ("no face",))

@@ -1,9 +1,9 @@
 """`remove_background`: a cut-out with alpha, from a matting model (`images.matting`).
 
 The matte (U2Net/ISNet/BiRefNet/MODNet family, see ahv.models.matting) is computed on the
-upright image and resized back to it. The result is an RGBA PNG whose alpha is matte × 255,
-multiplied with the input's own alpha when it has one; with `bg_color` it is a JPEG of the
-image composited over that flat colour instead.
+upright image as shown (transparent pixels over flat gray) and resized back to it. The result
+is an RGBA PNG whose alpha is matte × 255, multiplied with the input's own alpha when it has
+one; with `bg_color` it is a JPEG of the image composited over that flat colour instead.
 """
 
 from __future__ import annotations

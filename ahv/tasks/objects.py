@@ -1,8 +1,9 @@
 """`scan_objects` and `remove_object`: a YOLO detector's boxes, and inpainting an object away.
 
 `scan_objects` decodes the image (EXIF orientation applied, so boxes are in the upright
-picture's pixels), runs the `objects.detector` model and returns the detections as JSON in
-`result.meta` (no file, unless `draw` asks for an annotated JPEG).
+picture's pixels; transparent pixels shown as flat gray, so nothing under alpha 0 is found),
+runs the `objects.detector` model and returns the detections as JSON in `result.meta` (no
+file, unless `draw` asks for an annotated JPEG).
 
 `remove_object` builds a mask (white = remove) from `mask_url`, or from `prompt`: the boxes of
 the detections whose class name matches, grown by `dilate_px`; then inpaints it with the
