@@ -16,12 +16,14 @@ import msgspec
 
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
+from ahv.diskguard import DiskGuard
 from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
 from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
 from ahv.models.registry import ModelRegistry
 from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
+from ahv.retention import Sweeper, expires_us
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
 from ahv.store import IdempotencyConflict, Store
@@ -82,6 +84,8 @@ class Orchestrator:
         self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
         self._scheduler: Scheduler | None = None
         self._webhooks: WebhookSender | None = None
+        self.disk = DiskGuard(data_dir)
+        self.sweeper = Sweeper(self.store, self.files_dir, lambda: self.config.retention)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,6 +117,7 @@ class Orchestrator:
         )
         await self._scheduler.start()
         await self._webhooks.start()
+        await self.sweeper.start()
 
     async def drain(self) -> None:
         """First half of a graceful stop, while HTTP still answers: refuse new jobs (503) and
@@ -125,11 +130,22 @@ class Orchestrator:
     async def stop(self) -> None:
         """Drain if not done yet, deliver due webhooks, close the store."""
         await self.drain()
+        await self.sweeper.stop()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
         await self.store.close()
         self.sessions.clear()
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
+        while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
+        self.config = config
+        self.keys.replace(config.keys)
+        if self._webhooks is not None:
+            self._webhooks.apply_config(config)
+        if self._scheduler is not None:
+            self._scheduler.apply_config(config)
 
     async def _check_devices(self) -> None:
         """Learn which providers each backend's device really runs (a trivial session, no
@@ -204,6 +220,7 @@ class Orchestrator:
             existing = await self.store.find_idempotent(caller.name, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash, idempotency_key)
+        self.disk.check(self.config.limits.min_free_disk_mb)
         self._check_capacity(caller)
         now = now_us()
         job = JobRow(
@@ -229,6 +246,19 @@ class Orchestrator:
             return self._replay(exc.existing, request_hash, idempotency_key)
         if created:
             self.scheduler.wake()
+            log.info(
+                "job %s: submitted %s (priority %d)",
+                row.id,
+                row.task,
+                row.priority,
+                extra={
+                    "job_id": row.id,
+                    "task": row.task,
+                    "owner": row.owner,
+                    "priority": row.priority,
+                    "event": "submitted",
+                },
+            )
         return row, created
 
     @staticmethod
@@ -322,7 +352,7 @@ class Orchestrator:
 
     def document(self, job: JobRow) -> dict[str, Any]:
         if job.status != QUEUED:
-            return job_document(job)
+            return job_document(job, expires_us=expires_us(self.config.retention, job))
         position = self.store.queue_position(job)
         eta = self.scheduler.eta_us(job.task, position, now_us())
         return job_document(msgspec.structs.replace(job, eta_us=eta), queue_position=position)
@@ -346,6 +376,11 @@ class Orchestrator:
         if job.result and job.result.get("filename"):
             (self.files_dir / str(job.result["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
+        log.info(
+            "job %s: deleted",
+            job.id,
+            extra={"job_id": job.id, "task": job.task, "event": "deleted"},
+        )
 
     # -- waiting for the end of a job -------------------------------------------------------------
 
