@@ -64,8 +64,11 @@ class JobRow(msgspec.Struct, kw_only=True):
         return round((self.finished_us - self.started_us) / 1e6, 6)
 
 
-def job_document(job: JobRow, *, queue_position: int | None = None) -> dict[str, Any]:
-    """The seed's webhook body minus the event envelope; the same fields on GET."""
+def job_document(
+    job: JobRow, *, queue_position: int | None = None, expires_us: int | None = None
+) -> dict[str, Any]:
+    """The seed's webhook body minus the event envelope; the same fields on GET.
+    `expires_us`: when the job's result files expire (ahv/retention.py), for final jobs."""
     failed = job.status in (FAILED, REJECTED, CANCELED)
     predict = _predict_number(job.predict_time)
     doc: dict[str, Any] = {
@@ -90,6 +93,8 @@ def job_document(job: JobRow, *, queue_position: int | None = None) -> dict[str,
         "predictTime": predict,
         "priority": job.priority,
         "attempts": job.attempts,
+        "expires_at": iso(expires_us),
+        "expires_at_ms": ms(expires_us),
     }
     if job.status == QUEUED:
         doc["queue_position"] = queue_position

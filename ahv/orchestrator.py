@@ -17,6 +17,7 @@ import msgspec
 import ahv
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
+from ahv.diskguard import DiskGuard
 from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
 from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
@@ -24,6 +25,7 @@ from ahv.models.registry import ModelRegistry
 from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
 from ahv.providers.hub import ProviderHub
+from ahv.retention import Sweeper, expires_us
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
 from ahv.store import IdempotencyConflict, OutboxEvent, Store
@@ -98,6 +100,8 @@ class Orchestrator:
             tasks=sorted(self.registry),
             batch_sizes=self.sessions.batch_sizes,
         )
+        self.disk = DiskGuard(data_dir)
+        self.sweeper = Sweeper(self.store, self.files_dir, lambda: self.config.retention)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,6 +141,7 @@ class Orchestrator:
         await self._scheduler.start()
         self.watch.seed([key.name for key in self.config.keys])
         await self._webhooks.start()
+        await self.sweeper.start()
 
     async def drain(self) -> None:
         """First half of a graceful stop, while HTTP still answers: refuse new jobs (503) and
@@ -150,12 +155,23 @@ class Orchestrator:
         """Drain if not done yet, deliver due webhooks, close the store."""
         self.watch.hub.close()
         await self.drain()
+        await self.sweeper.stop()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
         await self.providers.close()
         await self.store.close()
         self.sessions.clear()
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
+        while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
+        self.config = config
+        self.keys.replace(config.keys)
+        if self._webhooks is not None:
+            self._webhooks.apply_config(config)
+        if self._scheduler is not None:
+            self._scheduler.apply_config(config)
 
     async def _check_devices(self) -> None:
         """Learn which providers each backend's device really runs (a trivial session, no
@@ -230,6 +246,7 @@ class Orchestrator:
             existing = await self.store.find_idempotent(caller.name, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash, idempotency_key)
+        self.disk.check(self.config.limits.min_free_disk_mb)
         self._check_capacity(caller)
         now = now_us()
         job = JobRow(
@@ -256,6 +273,19 @@ class Orchestrator:
         if created:
             self.scheduler.wake()
             self.watch.changed("submitted", row)
+            log.info(
+                "job %s: submitted %s (priority %d)",
+                row.id,
+                row.task,
+                row.priority,
+                extra={
+                    "job_id": row.id,
+                    "task": row.task,
+                    "owner": row.owner,
+                    "priority": row.priority,
+                    "event": "submitted",
+                },
+            )
         return row, created
 
     @staticmethod
@@ -352,7 +382,7 @@ class Orchestrator:
 
     def document(self, job: JobRow) -> dict[str, Any]:
         if job.status != QUEUED:
-            return job_document(job)
+            return job_document(job, expires_us=expires_us(self.config.retention, job))
         position = self.store.queue_position(job)
         eta = self.scheduler.eta_us(job.task, position, now_us())
         return job_document(msgspec.structs.replace(job, eta_us=eta), queue_position=position)
@@ -379,6 +409,11 @@ class Orchestrator:
             (self.files_dir / str(extra["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
         self.watch.deleted(job)
+        log.info(
+            "job %s: deleted",
+            job.id,
+            extra={"job_id": job.id, "task": job.task, "event": "deleted"},
+        )
 
     async def redeliver(self, caller: Caller, job_id: str) -> OutboxEvent:
         """Send a finished job's `job.finished` event again, now: the same event (webhook-id

@@ -3,6 +3,7 @@ through the real server, against a local server speaking OpenAI's Images API wir
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -234,3 +235,30 @@ async def test_url_results_are_fetched_like_inputs(
     doc = await api.wait(job["job_id"])
     assert doc["status"] == "succeeded", doc["error"]
     assert (doc["result"]["meta"]["width"], doc["result"]["meta"]["height"]) == (512, 512)
+
+
+async def test_retention_expires_every_file_of_a_several_image_job(
+    start_server: StartServer, openai: FakeOpenAI
+) -> None:
+    api = await start(
+        start_server,
+        openai,
+        retention={"files_s": 0.3, "jobs_s": 60, "sweep_interval_s": 0.05},
+    )
+    job = await api.submit("cx_image", {"prompt": "two teapots", "n": 2})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    names = [entry["filename"] for entry in doc["result"]["files"]]
+    assert len(set(names)) == 2
+    paths = [api.orchestrator.files_dir / name for name in names]
+    assert all(path.is_file() for path in paths)
+    for _ in range(200):
+        if not any(path.exists() for path in paths):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(path.exists() for path in paths), "a result file outlived its retention"
+    for entry in doc["result"]["files"]:
+        async with api.session.get(entry["url"]) as response:
+            assert response.status == 410
+            body = await response.json()
+            assert body["error"]["code"] == "file_expired"

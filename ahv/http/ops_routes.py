@@ -10,6 +10,7 @@ import ahv
 from ahv.errors import AhvError
 from ahv.http.jobs_routes import json_response
 from ahv.http.keys import caller, orchestrator
+from ahv.timeutil import iso
 
 routes = web.RouteTableDef()
 
@@ -67,7 +68,16 @@ def _check_range(request: web.Request, size: int) -> None:
 async def result_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     path = orchestrator(request).files_dir / name
-    if not _FILE_NAME.match(name) or not path.is_file():
+    if not _FILE_NAME.match(name):
+        raise AhvError("file_not_found", f"no result file {name!r}", status=404)
+    if not path.is_file():
+        expired_us = await orchestrator(request).store.expired_file(name)
+        if expired_us is not None:  # a tombstone lives as long as the job's record
+            raise AhvError(
+                "file_expired",
+                f"result file {name!r} expired at {iso(expired_us)} (retention.files_s)",
+                status=410,
+            )
         raise AhvError("file_not_found", f"no result file {name!r}", status=404)
     _check_range(request, path.stat().st_size)
     extension = name.rsplit(".", 1)[1]

@@ -57,6 +57,14 @@ class _Running:
     ctx: TaskContext
 
 
+def _fields(job: JobRow, event: str | None = None) -> dict[str, Any]:
+    """The structured fields of a job's log line (JSON logs, ahv/logging_setup.py)."""
+    fields: dict[str, Any] = {"job_id": job.id, "task": job.task}
+    if event is not None:
+        fields["event"] = event
+    return fields
+
+
 def _retrieve(future: asyncio.Future[TaskOutput]) -> None:
     # The outcome is read in _await_runner, or deliberately dropped for a task that was
     # abandoned; either way asyncio should not report it as never retrieved.
@@ -106,6 +114,9 @@ class Scheduler:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, total_slots), thread_name_prefix="ahv-work"
         )
+        self._executor_size = max(1, total_slots)
+        self._old_executors: list[ThreadPoolExecutor] = []  # outgrown on reload; joined on stop
+        self._slot_workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._claiming = True
         self._workers: list[asyncio.Task[None]] = []
@@ -133,8 +144,36 @@ class Scheduler:
         await self.recover()
         for backend in self.backends:
             for slot in range(1, backend.config.slots + 1):
-                worker = asyncio.create_task(self._worker(backend, slot))
-                self._workers.append(worker)
+                self._start_worker(backend, slot)
+
+    def _start_worker(self, backend: Backend, slot: int) -> None:
+        worker = asyncio.create_task(self._worker(backend, slot))
+        self._workers.append(worker)
+        self._slot_workers[(backend.config.name, slot)] = worker
+
+    def apply_config(self, config: Config) -> None:
+        """Reload: jobs claimed from now on get the new settings; running ones keep theirs.
+        More slots start workers at once; fewer let the extra workers finish their job and
+        then stop (a worker checks its slot number against the count before each claim)."""
+        self._config = config
+        new = {b.name: b for b in config.backends}
+        for backend in self.backends:
+            backend.config = new.get(backend.config.name, backend.config)
+            backend.tasks = [t for t in backend.config.tasks if t in self._registry]
+        total_slots = sum(b.config.slots for b in self.backends)
+        if total_slots > self._executor_size:  # the thread pool cannot grow in place
+            self._old_executors.append(self._executor)
+            self._executor = ThreadPoolExecutor(
+                max_workers=total_slots, thread_name_prefix="ahv-work"
+            )
+            self._executor_size = total_slots
+        if self._claiming:
+            for backend in self.backends:
+                for slot in range(1, backend.config.slots + 1):
+                    worker = self._slot_workers.get((backend.config.name, slot))
+                    if worker is None or worker.done():
+                        self._start_worker(backend, slot)
+        self._wake.set()  # idle workers above the new count stop now
 
     async def recover(self) -> None:
         """After a crash: jobs left `running` are requeued, or failed with `worker_lost`
@@ -143,7 +182,12 @@ class Scheduler:
             if job.cancel_requested:
                 await self._finish(job, CANCELED, None, None, expect=RUNNING)
             elif job.attempts < job.max_attempts:
-                log.warning("job %s: requeued after a crash (attempt %d)", job.id, job.attempts)
+                log.warning(
+                    "job %s: requeued after a crash (attempt %d)",
+                    job.id,
+                    job.attempts,
+                    extra=_fields(job, "requeued"),
+                )
                 await self._store.requeue(job, run_after_us=0, refund_attempt=False)
             else:
                 error = {
@@ -163,7 +207,8 @@ class Scheduler:
         for running in list(self._running.values()):
             running.ctx.cancel("shutdown")
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for executor in (*self._old_executors, self._executor):
+            executor.shutdown(wait=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -179,6 +224,7 @@ class Scheduler:
             job = await self._store.get(job.id) or job
         if job.status == RUNNING:
             await self._store.request_cancel(job.id)
+            log.info("job %s: cancel requested", job.id, extra=_fields(job, "cancel_requested"))
             running = self._running.get(job.id)
             if running is not None:
                 running.ctx.cancel("canceled")
@@ -190,8 +236,8 @@ class Scheduler:
 
     async def _worker(self, backend: Backend, slot: int) -> None:
         slot_name = f"{backend.config.name}-{slot}"
-        poll_s = self._config.queue.poll_interval_s
-        while self._claiming:
+        while self._claiming and slot <= backend.config.slots:
+            poll_s = self._config.queue.poll_interval_s
             self._wake.clear()
             try:
                 job = await self._store.claim(
@@ -204,6 +250,8 @@ class Scheduler:
                 log.exception("claim failed on %s", slot_name)
                 job = None
             if job is None:
+                if slot > backend.config.slots:
+                    break  # fewer slots since the last claim began (reload)
                 try:
                     await asyncio.wait_for(self._wake.wait(), poll_s)
                 except TimeoutError:
@@ -244,7 +292,20 @@ class Scheduler:
             ctx.cancel("canceled")
         self._webhooks.send_ephemeral(job, "job.started")
         timeout_s = self._config.queue.timeouts_s.get(job.task, self._config.queue.task_timeout_s)
-        log.info("job %s: running %s on %s (attempt %d)", job.id, job.task, slot_name, job.attempts)
+        log.info(
+            "job %s: running %s on %s (attempt %d)",
+            job.id,
+            job.task,
+            slot_name,
+            job.attempts,
+            extra={
+                "job_id": job.id,
+                "task": job.task,
+                "backend": slot_name,
+                "attempt": job.attempts,
+                "event": "started",
+            },
+        )
         runner: asyncio.Future[TaskOutput] | None = None
         try:
             payload = msgspec.json.decode(job.payload, type=spec.payload_type)
@@ -263,7 +324,7 @@ class Scheduler:
             else:
                 await self._failed(job, ctx, exc.to_dict())
         except Exception as exc:
-            log.exception("job %s: task %s crashed", job.id, job.task)
+            log.exception("job %s: task %s crashed", job.id, job.task, extra=_fields(job))
             error = {"code": "internal_error", "message": f"{type(exc).__name__} in {job.task}"}
             await self._failed(job, ctx, error)
         else:
@@ -291,7 +352,11 @@ class Scheduler:
             if ctx.cancel_reason is not None:
                 give_up_at = min(give_up_at, now + self._config.queue.cancel_wait_s)
                 if now >= give_up_at:
-                    log.warning("job %s: the task did not stop; ending the job", ctx.job_id)
+                    log.warning(
+                        "job %s: the task did not stop; ending the job",
+                        ctx.job_id,
+                        extra={"job_id": ctx.job_id, "task": ctx.task},
+                    )
                     break
             stop_signal: asyncio.Future[Any] = asyncio.ensure_future(ctx.stopping.wait())
             try:
@@ -343,7 +408,9 @@ class Scheduler:
     async def _stopped(self, job: JobRow, ctx: TaskContext) -> None:
         self._remove_files(ctx)
         if ctx.cancel_reason == "shutdown":
-            log.info("job %s: interrupted by shutdown, requeued", job.id)
+            log.info(
+                "job %s: interrupted by shutdown, requeued", job.id, extra=_fields(job, "requeued")
+            )
             await self._store.requeue(job, run_after_us=0, refund_attempt=True)
             await self._requeued(job.id)
             return
@@ -356,7 +423,18 @@ class Scheduler:
         delay_s *= random.uniform(0.5, 1.5)
         if exc.retry_after_s is not None:  # the provider's Retry-After, up to retry_max_s
             delay_s = max(delay_s, min(exc.retry_after_s, queue.retry_max_s))
-        log.info("job %s: %s, retrying in %.1f s", job.id, exc.code, delay_s)
+        log.info(
+            "job %s: %s, retrying in %.1f s",
+            job.id,
+            exc.code,
+            delay_s,
+            extra={
+                **_fields(job, "retried"),
+                "error_code": exc.code,
+                "attempt": job.attempts,
+                "retry_in_s": round(delay_s, 3),
+            },
+        )
         retried = msgspec.structs.replace(job, error=exc.to_dict())
         await self._store.requeue(
             retried, run_after_us=now_us() + int(delay_s * 1e6), refund_attempt=False
@@ -389,7 +467,21 @@ class Scheduler:
         events = self._webhooks.finished_events(final)
         if not await self._store.finish(final, events, expect_status=expect):
             return None
-        log.info("job %s: %s", job.id, status)
+        code = None if error is None else error.get("code")
+        log.info(
+            "job %s: %s%s%s",
+            job.id,
+            status,
+            "" if code is None else f" ({code})",
+            "" if final.duration_s is None else f" in {final.duration_s:.3f} s",
+            extra={
+                **_fields(job, "finished"),
+                "status": status,
+                "error_code": code,
+                "duration_s": final.duration_s,
+                "attempt": job.attempts,
+            },
+        )
         self._on_finished(final)
         if events:
             self._webhooks.wake()

@@ -62,6 +62,9 @@ def load_registry(config: Config) -> dict[str, TaskSpec]:
     for task in config.queue.timeouts_s:
         if task not in registry:
             raise ConfigError(f"queue.timeouts_s: unknown task {task!r}")
+    for task in config.retention.tasks:
+        if task not in registry:
+            raise ConfigError(f"retention.tasks: unknown task {task!r}")
     return registry
 
 
