@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ahv.config import Config
-from ahv.http import direct, jobs_routes, ops_routes
+from ahv.http import direct, jobs_routes, ops_routes, pages
 from ahv.http.keys import ORCHESTRATOR
 from ahv.http.middleware import MAX_BODY_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
@@ -28,6 +28,7 @@ def create_app(config: Config) -> web.Application:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
     if "faceswap" in orchestrator.registry:
         app.router.add_post("/faceswap", direct.direct_handler(direct.face_task_for))
+    pages.setup(app, orchestrator.registry)  # GET /, /dashboard, /static/*
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.start()
