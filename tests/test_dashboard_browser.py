@@ -152,7 +152,8 @@ async def test_dashboard_follows_a_job_live_without_reload(
     await page.locator('[data-stat="succeeded"] b', has_text="1").wait_for()
     stats = (await api.call("GET", "/stats"))[1]
     if stats.get("history"):  # the hour's charts, once the server keeps a history
-        await page.locator("#chart-finished rect.bar-ok").first.wait_for()
+        await page.locator('#chart-queue[data-empty="false"] svg polyline').wait_for()
+        await page.locator('#chart-finished[data-empty="false"] svg').wait_for()
     else:
         assert await page.locator("#chart-queue").inner_text() == "no data yet"
     await page.screenshot(path=tmp_path / "dashboard-succeeded.png", full_page=True)
@@ -229,6 +230,18 @@ async def test_cancel_and_delete_a_queued_job_from_the_page(
         assert (await api.job(job_id))["status"] == "canceled"
         assert (await api.job(blocker["job_id"]))["status"] == "running"
         await page.screenshot(path=tmp_path / "dashboard-canceled.png", full_page=True)
+
+        # The filters: by status, by task, and back to all.
+        await page.select_option("#filter-status", "running")
+        await page.locator(ROW.format(job_id)).wait_for(state="detached")
+        await dash.wait_row(blocker["job_id"], "running")
+        await page.select_option("#filter-status", "")
+        await page.select_option("#filter-task", "upscale")
+        await page.locator("#jobs-empty").wait_for(state="visible")
+        assert await page.locator("#jobs-body tr").count() == 0
+        await page.select_option("#filter-task", "sleep")
+        await dash.wait_row(job_id, "canceled")
+        await dash.wait_row(blocker["job_id"], "running")
 
         async def accept(dialog: Any) -> None:
             await dialog.accept()

@@ -28,7 +28,7 @@ def create_app(config: Config) -> web.Application:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
     if "faceswap" in orchestrator.registry:
         app.router.add_post("/faceswap", direct.direct_handler(direct.face_task_for))
-    pages.setup(app, orchestrator.registry)  # GET /, /dashboard, /static/*
+    pages.setup(app, orchestrator.registry, config)  # GET /, /dashboard, /static/*
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.start()

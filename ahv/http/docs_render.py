@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
+from ahv.config import Config
+from ahv.errors import AhvError
 from ahv.http.docs_text import TASK_DOCS, Text, field_text
 from ahv.jobs import JobRow, job_document
 from ahv.tasks import TaskSpec
@@ -171,9 +173,12 @@ def _sample(name: str, t: mi.Type) -> Any:
     return {}
 
 
-def example_payloads(spec: TaskSpec) -> list[tuple[str, dict[str, Any]]]:
-    """The task's written examples, kept to the fields its payload has and checked against
-    the payload type; a generated one (required fields) when none is left."""
+def example_payloads(
+    spec: TaskSpec, config: Config | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The task's written examples, kept to the fields its payload has and checked as a
+    submit would check them (payload type, the task's own checks); a generated one (required
+    fields) when none is left."""
     fields = _fields(spec)
     known = {f.encode_name for f in fields}
     doc = TASK_DOCS.get(spec.name)
@@ -183,19 +188,22 @@ def example_payloads(spec: TaskSpec) -> list[tuple[str, dict[str, Any]]]:
         for f in fields:
             if f.required and f.encode_name not in payload:
                 payload[f.encode_name] = _sample(f.encode_name, f.type)
-        if _valid(spec, payload) and payload not in [p for _, p in examples]:
+        if _valid(spec, payload, config) and payload not in [p for _, p in examples]:
             examples.append((label, payload))
     if not examples:
+        # Every task gets an example: at worst its required fields, of the right types.
         payload = {f.encode_name: _sample(f.encode_name, f.type) for f in fields if f.required}
-        if _valid(spec, payload):
+        if _valid(spec, payload, None):
             examples.append(("Example", payload))
     return examples
 
 
-def _valid(spec: TaskSpec, payload: dict[str, Any]) -> bool:
+def _valid(spec: TaskSpec, payload: dict[str, Any], config: Config | None) -> bool:
     try:
-        msgspec.convert(payload, spec.payload_type)
-    except msgspec.ValidationError:
+        decoded = msgspec.convert(payload, spec.payload_type)
+        if spec.validate is not None and config is not None:
+            spec.validate(decoded, config)
+    except (msgspec.ValidationError, AhvError):
         return False
     return True
 
@@ -225,7 +233,9 @@ def slug(name: str) -> str:
     return "task-" + _SLUG.sub("-", name.lower()).strip("-")
 
 
-def task_section(spec: TaskSpec, registry: Mapping[str, TaskSpec]) -> str:
+def task_section(
+    spec: TaskSpec, registry: Mapping[str, TaskSpec], config: Config | None = None
+) -> str:
     doc = TASK_DOCS.get(spec.name)
     title = doc.title if doc is not None else spec.name
     direct = direct_path(spec, registry)
@@ -243,7 +253,7 @@ def task_section(spec: TaskSpec, registry: Mapping[str, TaskSpec]) -> str:
     if direct is not None:
         endpoints += f" · blocking: <code>POST {esc(direct)}</code>"
     parts.append(f'<p class="endpoints">{endpoints}</p>')
-    for label, payload in example_payloads(spec):
+    for label, payload in example_payloads(spec, config):
         job = {
             "task": spec.name,
             "webhook_url": "https://your-site.com/webhook",
@@ -356,13 +366,15 @@ def json_text(value: Any) -> str:
 # -- the page --------------------------------------------------------------------------------
 
 
-def render_docs(template: str, registry: Mapping[str, TaskSpec], version: str) -> str:
+def render_docs(
+    template: str, registry: Mapping[str, TaskSpec], version: str, config: Config | None = None
+) -> str:
     tasks = ordered_tasks(registry)
     values = {
         "VERSION": esc(version),
         "TASK_BADGES": task_badges(registry),
         "TASK_TOC": "".join(f'<li><a href="#{slug(s.name)}">{esc(s.name)}</a></li>' for s in tasks),
-        "TASK_SECTIONS": "\n".join(task_section(s, registry) for s in tasks),
+        "TASK_SECTIONS": "\n".join(task_section(s, registry, config) for s in tasks),
         "DIRECT_ROWS": direct_rows(registry),
         "SUBMIT_RESPONSE": esc(json_text(sample_document("queued"))),
         "WEBHOOK_SUCCEEDED": esc(json_text(sample_document("succeeded"))),

@@ -17,6 +17,7 @@ from importlib import resources
 from aiohttp import web
 
 import ahv
+from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.http.docs_render import fill_base, render_docs
 from ahv.http.keys import orchestrator
@@ -61,10 +62,10 @@ class Pages:
     dashboard: Asset | None = None
     static: dict[str, Asset] = field(default_factory=dict)
 
-    def load(self, registry: Mapping[str, TaskSpec], version: str) -> None:
+    def load(self, registry: Mapping[str, TaskSpec], config: Config) -> None:
         package = resources.files("ahv.http")
         template = (package / "templates" / "docs.html").read_text(encoding="utf-8")
-        self.docs = render_docs(template, registry, version)
+        self.docs = render_docs(template, registry, ahv.__version__, config)
         dashboard = (package / "templates" / "dashboard.html").read_bytes()
         self.dashboard = Asset.of(dashboard, "text/html; charset=utf-8")
         self.static = {
@@ -76,12 +77,12 @@ class Pages:
 PAGES = web.AppKey("pages", Pages)
 
 
-def setup(app: web.Application, registry: Mapping[str, TaskSpec]) -> None:
+def setup(app: web.Application, registry: Mapping[str, TaskSpec], config: Config) -> None:
     pages = Pages()
     app[PAGES] = pages
 
     async def load(app: web.Application) -> None:
-        await asyncio.to_thread(pages.load, registry, ahv.__version__)
+        await asyncio.to_thread(pages.load, registry, config)
 
     app.on_startup.append(load)
     app.router.add_get("/", docs_page)
