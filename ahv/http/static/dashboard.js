@@ -39,6 +39,8 @@
     streamTimer: 0,
     retryMs: RETRY_MIN_MS,
     lastEventId: '',
+    eventSeq: 0, // job events received; a fetch started before one must not undo it
+    touched: new Map(), // job_id -> eventSeq of its latest event
     last: { jobs: 0, stats: 0, backends: 0, detail: 0, deliveries: 0 },
     busy: new Set(), // refreshers in flight
     tick: 0,
@@ -254,10 +256,19 @@
       state.retryMs = RETRY_MIN_MS;
       once('jobs', refreshJobs); // catch up on what happened while not connected
     } else if (event.event === 'job' && data && data.job_id) {
+      touch(data.job_id);
       upsertJob(data);
     } else if (event.event === 'deleted' && data && data.job_id) {
+      touch(data.job_id);
       removeJob(data.job_id);
     }
+  }
+
+  function touch(jobId) {
+    state.eventSeq += 1;
+    state.touched.delete(jobId); // re-inserted last: the map stays in event order
+    state.touched.set(jobId, state.eventSeq);
+    if (state.touched.size > 1000) state.touched.delete(state.touched.keys().next().value);
   }
 
   function start() {
@@ -316,11 +327,21 @@
 
   async function refreshJobs() {
     const query = listQuery();
+    const since = state.eventSeq;
     const body = await api('GET', `/v1/jobs?${query}`);
     state.last.jobs = Date.now();
     if (query !== listQuery()) return; // the filters changed meanwhile
     const jobs = new Map();
-    for (const doc of body.jobs || []) jobs.set(doc.job_id, doc);
+    for (const doc of body.jobs || []) {
+      // An event that came while this list was on its way is newer than the list (and a
+      // job it deleted or moved out of the filters stays out).
+      if ((state.touched.get(doc.job_id) || 0) <= since) jobs.set(doc.job_id, doc);
+      else if (state.jobs.has(doc.job_id)) jobs.set(doc.job_id, state.jobs.get(doc.job_id));
+    }
+    for (const [jobId, seq] of state.touched) {
+      const current = state.jobs.get(jobId);
+      if (seq > since && current && !jobs.has(jobId) && matches(current)) jobs.set(jobId, current);
+    }
     const changed = [...jobs.values()].some((doc) => {
       const before = state.jobs.get(doc.job_id);
       return !before || before.status !== doc.status;
@@ -492,12 +513,15 @@
   async function refreshDetail() {
     const jobId = state.selected;
     if (!jobId) return;
+    const since = state.eventSeq;
     try {
       const doc = await api('GET', `/v1/jobs/${encodeURIComponent(jobId)}`);
       state.last.detail = Date.now();
       if (state.selected !== jobId) return;
       const before = state.detail;
-      state.detail = { ...(before || {}), ...doc };
+      const newer = before && (state.touched.get(jobId) || 0) > since;
+      // Keep what an event brought meanwhile; take the inputs, which events do not carry.
+      state.detail = newer ? { ...before, payload: doc.payload } : { ...(before || {}), ...doc };
       if (before && before.status !== doc.status && FINAL.has(doc.status)) state.deliveries = null;
       render();
     } catch (e) {
