@@ -14,6 +14,7 @@ from ahv.http import (
     jobs_routes,
     metrics_routes,
     ops_routes,
+    pages,
 )
 from ahv.http.keys import ORCHESTRATOR
 from ahv.http.middleware import MAX_BODY_KEY, api_middleware
@@ -38,6 +39,7 @@ def create_app(config: Config) -> web.Application:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
     if "faceswap" in orchestrator.registry:
         app.router.add_post("/faceswap", direct.direct_handler(direct.face_task_for))
+    pages.setup(app, orchestrator.registry, config)  # GET /, /dashboard, /static/*
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.start()

@@ -93,7 +93,8 @@ def _int_param(value: str, name: str, low: int, high: int) -> int:
 async def get_job(request: web.Request) -> web.Response:
     app = orchestrator(request)
     job = await app.visible_job(caller(request), request.match_info["job_id"])
-    return json_response(app.document(job))
+    # The job's own inputs too (the dashboard shows them); not in lists, events or webhooks.
+    return json_response({**app.document(job), "payload": msgspec.Raw(job.payload)})
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")

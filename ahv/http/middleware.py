@@ -14,8 +14,9 @@ from ahv.http.keys import CALLER, orchestrator
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PREFIXES = ("/healthz", "/files/")
-PUBLIC_PATHS = frozenset({"/", "/docs"})
+PUBLIC_PREFIXES = ("/healthz", "/files/", "/static/")
+# The docs and the dashboard page hold no secrets; the dashboard asks for a key itself.
+PUBLIC_PATHS = frozenset({"/", "/docs", "/dashboard"})
 # Paths that check credentials themselves (/metrics also takes a bearer token).
 SELF_AUTHENTICATED = frozenset({"/metrics"})
 
