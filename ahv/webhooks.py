@@ -20,12 +20,13 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import Any
+from typing import cast
 
 import aiohttp
 import msgspec
 import yarl
 
+from ahv.api_types import EventName, WebhookEnvelope
 from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.ids import new_id
@@ -58,8 +59,10 @@ def sign(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
 
 
 def event_body(event: str, event_id: str, job: JobRow) -> bytes:
-    envelope: dict[str, Any] = {"event": event, "event_id": event_id, "ts": iso(now_us())}
-    return msgspec.json.encode({**envelope, **job_document(job)})
+    envelope = WebhookEnvelope(event=cast(EventName, event), event_id=event_id, ts=iso(now_us()))
+    return msgspec.json.encode(
+        {**msgspec.to_builtins(envelope), **msgspec.to_builtins(job_document(job))}
+    )
 
 
 def _retry_after_s(value: str | None) -> float | None:

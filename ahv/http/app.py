@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ahv.config import Config
-from ahv.http import direct, jobs_routes, ops_routes
+from ahv.http import direct, jobs_routes, openapi, ops_routes
 from ahv.http.keys import ORCHESTRATOR
 from ahv.http.middleware import MAX_BODY_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
@@ -23,6 +23,8 @@ def create_app(config: Config) -> web.Application:
     app[MAX_BODY_KEY] = config.server.max_body_bytes
     app.add_routes(jobs_routes.routes)
     app.add_routes(ops_routes.routes)
+    app.add_routes(openapi.routes)
+    app[openapi.DOCUMENT] = openapi.OpenApi(orchestrator.registry, config)
     for spec in orchestrator.registry.values():
         if spec.direct_path is not None:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))

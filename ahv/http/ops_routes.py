@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from aiohttp import web
 
 import ahv
+from ahv.api_types import BackendsReport, Health
 from ahv.errors import AhvError
 from ahv.http.jobs_routes import json_response
 from ahv.http.keys import caller, orchestrator
 
 routes = web.RouteTableDef()
 
-_FILE_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{2,5}$")
-_CONTENT_TYPES = {
+FILE_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z0-9]{2,5}$")
+CONTENT_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
@@ -26,8 +28,8 @@ _CONTENT_TYPES = {
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     app = orchestrator(request)
-    status = "draining" if app.draining else "ready"
-    body = {"ok": not app.draining, "status": status, "version": ahv.__version__}
+    status: Literal["ready", "draining"] = "draining" if app.draining else "ready"
+    body = Health(ok=not app.draining, status=status, version=ahv.__version__)
     return json_response(body, status=503 if app.draining else 200)
 
 
@@ -40,11 +42,7 @@ async def stats(request: web.Request) -> web.Response:
 async def diag_backends(request: web.Request) -> web.Response:
     app = orchestrator(request)
     return json_response(
-        {
-            "ok": True,
-            "queue_depth": app.store.queued_count,
-            "backends": await app.backends(),
-        }
+        BackendsReport(ok=True, queue_depth=app.store.queued_count, backends=await app.backends())
     )
 
 
@@ -65,11 +63,11 @@ def _check_range(request: web.Request, size: int) -> None:
 async def result_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     path = orchestrator(request).files_dir / name
-    if not _FILE_NAME.match(name) or not path.is_file():
+    if not FILE_NAME.match(name) or not path.is_file():
         raise AhvError("file_not_found", f"no result file {name!r}", status=404)
     _check_range(request, path.stat().st_size)
     extension = name.rsplit(".", 1)[1]
     response = web.FileResponse(path)
-    response.content_type = _CONTENT_TYPES.get(extension, "application/octet-stream")
+    response.content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
     response.headers["Cache-Control"] = "private, max-age=86400"
     return response
