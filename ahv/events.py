@@ -19,10 +19,10 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
+from ahv.api_types import JobDocument
 from ahv.jobs import JobRow
 
 QUEUE_LIMIT = 256
@@ -187,10 +187,10 @@ class EventHub:
             if not subs:
                 del self._by_job[sub.job_id]
 
-    def event(self, job: JobRow, document: dict[str, Any]) -> Event:
+    def event(self, job: JobRow, document: JobDocument) -> Event:
         return Event(self.next_id(), "job", job.id, job.is_terminal, msgspec.json.encode(document))
 
-    def publish(self, job: JobRow, document: Callable[[JobRow], dict[str, Any]]) -> None:
+    def publish(self, job: JobRow, document: Callable[[JobRow], JobDocument]) -> None:
         """The job changed: its document goes to every subscriber that may see it."""
         targets = self._targets(job, deleted=False)
         if targets:

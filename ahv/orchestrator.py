@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 import ahv
+from ahv.api_types import BackendReport, BatchingStats, HistoryBucket, JobDocument, Stats
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
 from ahv.diskguard import DiskGuard
@@ -380,7 +381,7 @@ class Orchestrator:
             raise AhvError("job_not_found", f"no job {job_id!r}", status=404)
         return job
 
-    def document(self, job: JobRow) -> dict[str, Any]:
+    def document(self, job: JobRow) -> JobDocument:
         if job.status != QUEUED:
             return job_document(job, expires_us=expires_us(self.config.retention, job))
         position = self.store.queue_position(job)
@@ -461,7 +462,7 @@ class Orchestrator:
 
     # -- what /stats and /diag show ----------------------------------------------------------------
 
-    async def stats(self, caller: Caller) -> dict[str, Any]:
+    async def stats(self, caller: Caller) -> Stats:
         recent = await self.store.list_jobs(
             owner=None if caller.is_admin else caller.name,
             status=None,
@@ -469,48 +470,52 @@ class Orchestrator:
             limit=20,
             before_seq=None,
         )
-        return {
-            "ok": True,
-            "counts": await self.store.counts_by_status(None if caller.is_admin else caller.name),
-            "queue_depth": self.store.queued_count,
-            "running": self.scheduler.running_count,
-            "mean_duration_s": self.predictor.mean_durations(),
-            "predict_time_s": {t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
-            "webhooks": await self.store.outbox_counts(),
-            "recent": [self.document(job) for job in recent],
+        return Stats(
+            ok=True,
+            counts=await self.store.counts_by_status(None if caller.is_admin else caller.name),
+            queue_depth=self.store.queued_count,
+            running=self.scheduler.running_count,
+            mean_duration_s=self.predictor.mean_durations(),
+            predict_time_s={t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
+            webhooks=await self.store.outbox_counts(),
+            recent=[self.document(job) for job in recent],
             # Per minute, the last hour (in memory, since the server started).
-            "history": self.watch.history.view(
-                now_us() // 1000, None if caller.is_admin else caller.name
+            history=msgspec.convert(
+                self.watch.history.view(now_us() // 1000, None if caller.is_admin else caller.name),
+                list[HistoryBucket],
             ),
-        }
+        )
 
-    async def backends(self) -> list[dict[str, Any]]:
+    async def backends(self) -> list[BackendReport]:
         queued = await self.store.queued_by_task()
         unavailable = await asyncio.to_thread(self._unavailable_tasks)  # may hash a new file
         rows = []
         for backend in self.scheduler.backends:
+            device = backend.config.device
             rows.append(
-                {
-                    "name": backend.config.name,
-                    "kind": backend.kind,
-                    "device": backend.config.device,
-                    "slots": backend.config.slots,
-                    "busy": len(backend.busy),
-                    "running_jobs": sorted(backend.busy.values()),
-                    "queued": sum(queued.get(task, 0) for task in backend.tasks),
-                    "tasks": backend.tasks,
+                BackendReport(
+                    name=backend.config.name,
+                    kind=backend.kind,
+                    device=device,
+                    slots=backend.config.slots,
+                    busy=len(backend.busy),
+                    running_jobs=sorted(backend.busy.values()),
+                    queued=sum(queued.get(task, 0) for task in backend.tasks),
+                    tasks=backend.tasks,
                     # What ONNX Runtime really runs on this device (probed at start, then
                     # updated from each session), not what was asked for.
-                    "providers": self.sessions.providers(backend.config.device),
-                    "degraded": self.sessions.degraded(backend.config.device),
-                    "models_loaded": self.sessions.loaded(backend.config.device),
-                    "batching": self.sessions.batching(backend.config.device),
-                    "unavailable_tasks": {
+                    providers=self.sessions.providers(device),
+                    degraded=self.sessions.degraded(device),
+                    models_loaded=self.sessions.loaded(device),
+                    batching=msgspec.convert(
+                        self.sessions.batching(device), dict[str, BatchingStats]
+                    ),
+                    unavailable_tasks={
                         task: reason
                         for task, reason in unavailable.items()
                         if task in backend.tasks
                     },
                     **self.providers.diag(backend.config.device),
-                }
+                )
             )
         return rows

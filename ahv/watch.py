@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
+from ahv.api_types import JobDocument
 from ahv.events import EventHub
 from ahv.history import StatsHistory
 from ahv.jobs import JobRow
@@ -27,7 +28,7 @@ class JobWatch:
         self,
         *,
         store: Store,
-        document: Callable[[JobRow], dict[str, Any]],
+        document: Callable[[JobRow], JobDocument],
         version: str,
         tasks: Sequence[str],
         batch_sizes: BatchSizes,

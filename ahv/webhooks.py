@@ -21,12 +21,13 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import aiohttp
 import msgspec
 import yarl
 
+from ahv.api_types import EventName, WebhookEnvelope
 from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.ids import new_id
@@ -60,8 +61,13 @@ def sign(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
 
 
 def event_body(event: str, event_id: str, job: JobRow, expires_us: int | None = None) -> bytes:
-    envelope: dict[str, Any] = {"event": event, "event_id": event_id, "ts": iso(now_us())}
-    return msgspec.json.encode({**envelope, **job_document(job, expires_us=expires_us)})
+    envelope = WebhookEnvelope(event=cast(EventName, event), event_id=event_id, ts=iso(now_us()))
+    return msgspec.json.encode(
+        {
+            **msgspec.to_builtins(envelope),
+            **msgspec.to_builtins(job_document(job, expires_us=expires_us)),
+        }
+    )
 
 
 def _retry_after_s(value: str | None) -> float | None:

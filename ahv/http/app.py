@@ -13,6 +13,7 @@ from ahv.http import (
     events_routes,
     jobs_routes,
     metrics_routes,
+    openapi,
     ops_routes,
     pages,
 )
@@ -34,6 +35,8 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(deliveries_routes.routes)
     app.add_routes(metrics_routes.routes)
     events_routes.setup(app)
+    app.add_routes(openapi.routes)
+    app[openapi.DOCUMENT] = openapi.OpenApi(orchestrator.registry, config)
     for spec in orchestrator.registry.values():
         if spec.direct_path is not None:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))

@@ -348,7 +348,9 @@ def _sample_row(status: str) -> JobRow:
 
 def sample_document(status: str) -> dict[str, Any]:
     row = _sample_row(status)
-    doc = job_document(row, queue_position=0 if status == "queued" else None)
+    doc: dict[str, Any] = msgspec.to_builtins(
+        job_document(row, queue_position=0 if status == "queued" else None)
+    )
     if status in ("queued", "running"):
         return doc
     envelope = {

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ahv.api_types import Deleted, JobList
 from ahv.errors import AhvError
 from ahv.http.keys import caller, orchestrator
 from ahv.jobs import STATUSES
@@ -73,7 +74,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     next_cursor = str(jobs[-1].seq) if len(jobs) == limit else None
     return json_response(
-        {"ok": True, "jobs": [app.document(j) for j in jobs], "next_cursor": next_cursor}
+        JobList(ok=True, jobs=[app.document(j) for j in jobs], next_cursor=next_cursor)
     )
 
 
@@ -94,7 +95,10 @@ async def get_job(request: web.Request) -> web.Response:
     app = orchestrator(request)
     job = await app.visible_job(caller(request), request.match_info["job_id"])
     # The job's own inputs too (the dashboard shows them); not in lists, events or webhooks.
-    return json_response({**app.document(job), "payload": msgspec.Raw(job.payload)})
+    # Only here: the dashboard shows a job's inputs; lists and webhooks stay lean.
+    return json_response(
+        msgspec.structs.replace(app.document(job), payload=msgspec.json.decode(job.payload))
+    )
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
@@ -109,4 +113,4 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     await orchestrator(request).delete(caller(request), job_id)
-    return json_response({"ok": True, "job_id": job_id, "deleted": True})
+    return json_response(Deleted(ok=True, job_id=job_id, deleted=True))

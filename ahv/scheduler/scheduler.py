@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import msgspec
+from msgspec import UNSET, UnsetType
 
+from ahv.api_types import FileEntry, JobResult
 from ahv.config import BackendConfig, Config
 from ahv.errors import AhvError, JobCanceled
 from ahv.jobs import CANCELED, FAILED, QUEUED, REJECTION_CODES, RUNNING, SUCCEEDED, JobRow
@@ -380,20 +382,21 @@ class Scheduler:
 
     async def _succeeded(self, job: JobRow, ctx: TaskContext, output: TaskOutput) -> None:
         meta = {**output.meta, "backend": ctx.backend}
-        result: dict[str, Any] = {"ok": True, "status": SUCCEEDED, "url": None, "filename": None}
-        if output.filename is not None:
-            result["url"] = f"{self._public_url()}/files/{output.filename}"
-            result["filename"] = output.filename
-        result["meta"] = meta
-        if output.files:
-            result["files"] = [
-                {
-                    "url": f"{self._public_url()}/files/{f.filename}",
-                    "filename": f.filename,
-                    "meta": f.meta,
-                }
+        url = None if output.filename is None else f"{self._public_url()}/files/{output.filename}"
+        files: list[FileEntry] | UnsetType = UNSET
+        if output.files:  # tasks with several results: each file with its own meta
+            files = [
+                FileEntry(
+                    url=f"{self._public_url()}/files/{f.filename}", filename=f.filename, meta=f.meta
+                )
                 for f in output.files
             ]
+        # Built through the documented type, stored (and later sent) as its JSON object.
+        result: dict[str, Any] = msgspec.to_builtins(
+            JobResult(
+                ok=True, status=SUCCEEDED, url=url, filename=output.filename, meta=meta, files=files
+            )
+        )
         finished = await self._finish(job, SUCCEEDED, result, None, expect=RUNNING, progress=100)
         if finished is None:  # deleted while it ran: its files go too
             self._remove_files(ctx)

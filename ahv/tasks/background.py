@@ -143,10 +143,10 @@ async def run_remove_background(ctx: TaskContext, payload: RemoveBackgroundPaylo
 REMOVE_BACKGROUND = TaskSpec(
     name="remove_background",
     payload_type=RemoveBackgroundPayload,
-    run=run_remove_background,  # type: ignore[arg-type]
+    run=run_remove_background,
     url_fields=("image_url",),
     direct_path="/remove-background",
     default_predict_s=3.0,
-    validate=_validate,  # type: ignore[arg-type]
+    validate=_validate,
     models=_needs,
 )

@@ -263,7 +263,7 @@ def _spec(name: str) -> TaskSpec:
     return TaskSpec(
         name=name,
         payload_type=FaceSwapPayload,
-        run=run_faceswap,  # type: ignore[arg-type]
+        run=run_faceswap,
         url_fields=("target_url", "source_url"),
         list_url_fields=("source_urls",),
         direct_path=None,

@@ -188,7 +188,7 @@ async def run_ahv_image(ctx: TaskContext, payload: AhvImagePayload) -> TaskOutpu
 GG_IMAGE = TaskSpec(
     name="gg_image",
     payload_type=GgImagePayload,
-    run=run_gg_image,  # type: ignore[arg-type]
+    run=run_gg_image,
     direct_path="/gg/image",
     default_predict_s=15.0,
     provider=lambda config: "google",
@@ -197,19 +197,19 @@ GG_IMAGE = TaskSpec(
 CX_IMAGE = TaskSpec(
     name="cx_image",
     payload_type=CxImagePayload,
-    run=run_cx_image,  # type: ignore[arg-type]
+    run=run_cx_image,
     url_fields=("mask_url",),
     list_url_fields=("image_urls",),
     direct_path="/cx/image",
     default_predict_s=40.0,
-    validate=_validate_cx,  # type: ignore[arg-type]
+    validate=_validate_cx,
     provider=lambda config: "openai",
 )
 
 AHV_IMAGE = TaskSpec(
     name="ahv_image",
     payload_type=AhvImagePayload,
-    run=run_ahv_image,  # type: ignore[arg-type]
+    run=run_ahv_image,
     list_url_fields=("image_urls",),
     direct_path="/ahv/image",
     default_predict_s=20.0,

@@ -186,7 +186,7 @@ async def _download(ctx: TaskContext, client: GeminiClient, uri: str, index: int
 AHV_VIDEO = TaskSpec(
     name="ahv_video",
     payload_type=AhvVideoPayload,
-    run=run_ahv_video,  # type: ignore[arg-type]
+    run=run_ahv_video,
     url_fields=("image_url",),
     direct_path="/ahv/video",
     default_predict_s=90.0,

@@ -287,21 +287,21 @@ async def run_remove(ctx: TaskContext, payload: RemovePayload) -> TaskOutput:
 SCAN_OBJECTS = TaskSpec(
     name="scan_objects",
     payload_type=ScanPayload,
-    run=run_scan,  # type: ignore[arg-type]
+    run=run_scan,
     url_fields=("image_url",),
     direct_path="/scan-objects",
     default_predict_s=2.0,
-    validate=_validate_scan,  # type: ignore[arg-type]
+    validate=_validate_scan,
     models=scan_models,
 )
 
 REMOVE_OBJECT = TaskSpec(
     name="remove_object",
     payload_type=RemovePayload,
-    run=run_remove,  # type: ignore[arg-type]
+    run=run_remove,
     url_fields=("image_url", "mask_url"),
     direct_path="/remove-object",
     default_predict_s=5.0,
-    validate=_validate_remove,  # type: ignore[arg-type]
+    validate=_validate_remove,
     models=remove_models,
 )

@@ -174,10 +174,10 @@ async def run_upscale(ctx: TaskContext, payload: UpscalePayload) -> TaskOutput:
 UPSCALE = TaskSpec(
     name="upscale",
     payload_type=UpscalePayload,
-    run=run_upscale,  # type: ignore[arg-type]
+    run=run_upscale,
     url_fields=("image_url",),
     direct_path="/upscale",
     default_predict_s=3.0,
-    validate=_validate,  # type: ignore[arg-type]
+    validate=_validate,
     models=_needs,
 )
