@@ -65,7 +65,11 @@ async def test_a_jobs_stream_follows_it_from_queued_to_its_end(start_server: Sta
     assert running == [0, 33, 66]  # claimed, then each progress change
     assert [d["status"] for d in docs][-1] == "succeeded"
     assert sum(d["status"] in FINAL for d in docs) == 1  # the stream ended right after it
-    assert docs[-1] == await api.job(job_id)  # the same document as GET
+    # The same document as GET, which alone adds the job's payload (for the dashboard).
+    got = await api.job(job_id)
+    payload = got.pop("payload")
+    assert payload["seconds"] == 0.3 and payload["steps"] == 3
+    assert docs[-1] == got
 
 
 async def test_a_finished_jobs_stream_is_one_event(api: Api) -> None:
@@ -73,6 +77,7 @@ async def test_a_finished_jobs_stream_is_one_event(api: Api) -> None:
     doc = await api.wait(job_id)
     async with stream(api.session, f"{api.url}/v1/jobs/{job_id}/events") as reader:
         events = await reader.events()
+    doc.pop("payload")  # GET alone adds it
     assert [(e.event, e.json) for e in events] == [("job", doc)]
 
 
