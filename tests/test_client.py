@@ -4,14 +4,26 @@ sync twin, and that importing it loads none of the server's model stack."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ahv.client import AhvClientError, AsyncClient, Client, Job
 from tests import media as fixtures
-from tests.conftest import KEY_A, KEY_ADMIN, KEY_B, Api, MediaServer, StartServer
+from tests.conftest import (
+    KEY_A,
+    KEY_ADMIN,
+    KEY_B,
+    Api,
+    MediaServer,
+    StartServer,
+    base_config,
+    merge,
+)
+from tests.process import AhvProcess
 
 
 async def test_submit_get_wait_sleep(api: Api) -> None:
@@ -134,6 +146,48 @@ async def test_connection_error_and_timeout(api: Api) -> None:
         with pytest.raises(TimeoutError, match=job.job_id):
             await ahv.wait(job.job_id, timeout_s=0.3, poll_interval_s=0.05)
         await ahv.delete(job.job_id)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_wait_rides_out_a_server_restart(tmp_path: Path) -> None:
+    # A real server process on a fixed port, killed with -9 while the job runs and started
+    # again: the job is requeued and finishes, and wait() ends with it instead of failing.
+    config = merge(
+        base_config(tmp_path / "data"),
+        {
+            "server": {"port": free_port()},
+            "backends": [{"name": "cpu", "slots": 1, "tasks": ["sleep"]}],
+        },
+    )
+    server = AhvProcess(config, tmp_path)
+    try:
+        url = await asyncio.to_thread(server.start)
+        async with AsyncClient(url, KEY_A, timeout_s=2) as ahv:
+            job = await ahv.submit("sleep", {"seconds": 1.5, "steps": 15})
+            waiting = asyncio.create_task(ahv.wait(job.job_id, timeout_s=60, poll_interval_s=0.1))
+            for _ in range(200):
+                if (await ahv.get(job.job_id)).status == "running":
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(server.kill9)
+            await asyncio.sleep(0.5)  # wait() meets a refused connection meanwhile
+            assert not waiting.done()
+            assert await asyncio.to_thread(server.start) == url
+            done = await waiting
+        assert done.status == "succeeded" and done.attempts == 2
+        # A client the server never answered: no answer is an error at once.
+        server.kill9()
+        async with AsyncClient(url, KEY_A, timeout_s=2) as ahv:
+            with pytest.raises(AhvClientError) as refused:
+                await ahv.wait(job.job_id, timeout_s=30)
+            assert refused.value.code == "connection_error"
+    finally:
+        server.stop()
 
 
 async def test_list_pages_and_filters(api: Api) -> None:

@@ -31,6 +31,11 @@ class _Deleted(msgspec.Struct):
     job_id: str
 
 
+def _is_transient(exc: AhvClientError) -> bool:
+    """No answer, or a gateway's or a draining server's: worth asking again."""
+    return exc.code in ("connection_error", "timeout") or exc.status in (502, 503, 504)
+
+
 class AsyncClient:
     """One server, one API key. Errors raise AhvClientError (the server's code and message;
     `connection_error` or `timeout` with status 0 when no answer came). `timeout_s` bounds
@@ -51,6 +56,9 @@ class AsyncClient:
         self._own_session = session is None
         # None: not known yet; False: this server has no events endpoint (wait() polls).
         self._events_supported: bool | None = None
+        # Whether the server has ever answered this client: from then on wait() takes no
+        # answer for a restart and waits, while a wrong URL still fails at once.
+        self._reached = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -92,6 +100,7 @@ class AsyncClient:
                 headers=all_headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             ) as response:
+                self._reached = True
                 raw = await response.read()
                 if response.status >= 400:
                     retry_after = response.headers.get("Retry-After")
@@ -201,6 +210,7 @@ class AsyncClient:
             async with self._http().get(
                 self.base_url + path, params=params, headers=headers, timeout=timeout
             ) as response:
+                self._reached = True
                 if response.status >= 400:
                     raw = await response.read()
                     retry_after = response.headers.get("Retry-After")
@@ -226,13 +236,19 @@ class AsyncClient:
     ) -> Job:
         """The job's document once it is final (succeeded, failed, rejected, canceled).
         Follows the job's event stream where the server has one, else (or when the stream
-        breaks off) polls every `poll_interval_s`. TimeoutError after `timeout_s`."""
+        breaks off) polls every `poll_interval_s`. Once the server has answered this client, a
+        server that goes away for a while (a restart: jobs survive it) is waited for.
+        TimeoutError after `timeout_s`."""
         try:
             async with asyncio.timeout(timeout_s):
                 job = await self._wait_streamed(job_id)
                 while job is None or not job.is_final:
-                    job = await self.get(job_id)
-                    if not job.is_final:
+                    try:
+                        job = await self.get(job_id)
+                    except AhvClientError as exc:
+                        if not (self._reached and _is_transient(exc)):
+                            raise
+                    if job is None or not job.is_final:
                         await asyncio.sleep(poll_interval_s)
                 return job
         except TimeoutError:
