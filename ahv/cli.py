@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from ahv import __version__
 from ahv.config import Config, ConfigError, load_config
 from ahv.errors import StartupError
 from ahv.logging_setup import FORMATS, LEVELS
@@ -20,6 +21,7 @@ log = logging.getLogger("ahv")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ahv", description="self-hosted AI orchestrator")
+    parser.add_argument("--version", action="version", version=f"ahv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
