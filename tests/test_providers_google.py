@@ -567,3 +567,41 @@ async def test_veo_4k_is_asked_for_as_the_api_spells_it(
     assert google.of("veo")[0].body["parameters"] == {"resolution": "4k", "durationSeconds": 8}
     status, body, _ = await api.call("POST", "/ahv/video", json={"prompt": "x", "resolution": "8k"})
     assert status == 422 and "payload.resolution" in body["error"]["message"]
+
+
+async def test_a_veo_operation_that_never_finishes_times_out_and_polling_stops(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    google.polls_until_done = 10**9
+    api = await start(start_server, google, queue={"timeouts_s": {"ahv_video": 0.6}})
+    job = await api.submit("ahv_video", {"prompt": "forever"}, webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["attempts"] == 1
+    assert doc["error"]["code"] == "timeout"
+    seen = len(google.of("poll"))
+    assert seen >= 2
+    await asyncio.sleep(0.5)  # five poll intervals
+    assert len(google.of("poll")) == seen
+    assert google.of("download") == [] and list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["error"]["code"] == "timeout"
+
+
+async def test_cancel_during_an_imagen_call_in_flight_ends_at_once(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    google.delay_s = 5.0
+    api = await start(start_server, google, queue={"cancel_wait_s": 10})
+    job = await api.submit("gg_image", {"prompt": "slow"})
+    await google.wait_calls("predict", 1)
+    started = asyncio.get_running_loop().time()
+    status, _, _ = await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
+    assert status == 200
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "canceled"
+    # The request was abandoned, not waited out (nor the cancel_wait_s grace).
+    assert asyncio.get_running_loop().time() - started < 2.0
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    (row,) = [r for r in diag["backends"] if r["name"] == "google"]
+    assert row["busy"] == 0
+    assert list(api.orchestrator.files_dir.iterdir()) == []
