@@ -33,9 +33,11 @@ import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+# The Imagen parameters of the Gemini API (https://ai.google.dev/gemini-api/docs/imagen, plus
+# includeRaiReason, which Google's SDK sends there too): no negativePrompt since
+# imagen-3.0-generate-002, so one is refused like any unknown parameter.
 IMAGEN_PARAMETERS = {
-    "sampleCount", "aspectRatio", "imageSize", "negativePrompt", "personGeneration",
-    "includeRaiReason",
+    "sampleCount", "aspectRatio", "imageSize", "personGeneration", "includeRaiReason",
 }  # fmt: skip
 VEO_PARAMETERS = {
     "aspectRatio", "durationSeconds", "resolution", "negativePrompt", "personGeneration",
@@ -161,6 +163,9 @@ class FakeGoogle(_Fake):
         self.polls_until_done = 2
         self.video_filtered = False
         self.video_bytes = mp4_clip()
+        # Where finished operations point for the video: this server (None), or another
+        # origin, e.g. the real API's, as a proxy that passes answers through would give.
+        self.video_origin: str | None = None
         self._operation_ids = itertools.count(1)
         self.operations: dict[str, int] = {}  # operation id -> polls seen
 
@@ -317,7 +322,7 @@ class FakeGoogle(_Fake):
                 "raiMediaFilteredReasons": ["The video was filtered by our safety system."],
             }
         else:
-            uri = f"{self.url}/v1beta/files/{op}:download?alt=media"
+            uri = f"{self.video_origin or self.url}/v1beta/files/{op}:download?alt=media"
             response = {"generatedSamples": [{"video": {"uri": uri}}]}
         answer_type = "type.googleapis.com/google.ai.generativelanguage.v1beta."
         body = {

@@ -12,7 +12,7 @@ import pytest
 
 from tests import media as fixtures
 from tests.conftest import Api, MediaServer, Receiver, StartServer, merge
-from tests.fake_providers import FakeGoogle, Reply, decode_image, google_error
+from tests.fake_providers import FakeGoogle, Reply, b64, decode_image, google_error, png
 
 GOOGLE_KEY = "AIzaSyTEST-google-key-5e1c0f9a7b"
 FAST_POLLS = {"poll_interval_s": 0.05, "poll_max_interval_s": 0.1}
@@ -69,13 +69,13 @@ async def test_gg_image_several_images(
     (call,) = google.of("predict")
     assert call.path == "/v1beta/models/imagen-4.0-generate-001:predict"
     assert call.headers["x-goog-api-key"] == GOOGLE_KEY
+    # Imagen 4 on the Gemini API has no negativePrompt: it is said in the prompt.
     assert call.body == {
-        "instances": [{"prompt": "a red fox in snow"}],
+        "instances": [{"prompt": "a red fox in snow\n\nAvoid: blur"}],
         "parameters": {
             "sampleCount": 3,
             "aspectRatio": "16:9",
             "imageSize": "2K",
-            "negativePrompt": "blur",
             "includeRaiReason": True,
         },
     }
@@ -464,3 +464,144 @@ async def test_video_download_keeps_the_key_on_the_providers_host(
     assert doc["status"] == "failed" and doc["error"]["code"] == "provider_error"
     assert "not the provider's" in doc["error"]["message"]
     assert len(storage.of("download")) == 1
+
+
+# -- what the real API answers, beyond the happy path -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        # Imagen's refusal of a prompt (HTTP 400), as the API words it.
+        ("predict", "Image generation failed with the following error: The response is "
+         "blocked, as it may violate our policies. If you believe this is an error, please "
+         "send feedback to your account team. Error Code: 58061214"),
+        ("predict", "Image generation failed with the following error: The prompt could not "
+         "be submitted. Your current safety filter threshold prohibited one or more words in "
+         "this prompt. If you think this was an error, send feedback."),
+        # Veo's refusal, in the finished operation's `error`.
+        ("poll", "The prompt could not be submitted. This prompt contains sensitive words that "
+         "violate Google's Responsible AI practices. Try rephrasing your prompt, or contact "
+         "your Google representative to request allowlisting. Support codes: 58061214"),
+    ],
+)  # fmt: skip
+async def test_googles_refusal_messages_are_rejected(
+    start_server: StartServer, google: FakeGoogle, kind: str, message: str
+) -> None:
+    api = await start(start_server, google, queue={"max_attempts": 3})
+    if kind == "predict":
+        google.script("predict", google_error(400, message, "INVALID_ARGUMENT"))
+        job = await api.submit("gg_image", {"prompt": "x"})
+    else:
+        refused = {"name": "models/m/operations/op1", "done": True}
+        refused["error"] = {"code": 3, "message": message}
+        google.script("poll", Reply(200, refused))
+        job = await api.submit("ahv_video", {"prompt": "x"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "rejected" and doc["attempts"] == 1
+    assert doc["error"]["code"] == "content_blocked"
+    assert message in doc["error"]["message"]
+
+
+async def test_the_key_is_scrubbed_from_everything_the_provider_says(
+    start_server: StartServer,
+    google: FakeGoogle,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    api = await start(start_server, google, queue={"max_attempts": 1})
+    # A finished operation's error, a model's text-only answer, and filter reasons.
+    failed_op = {"name": "models/m/operations/op1", "done": True}
+    failed_op["error"] = {"code": 7, "message": f"API key {GOOGLE_KEY} lacks permission"}
+    google.script("poll", Reply(200, failed_op))
+    text_only = {"parts": [{"text": f"No image for key {GOOGLE_KEY}."}], "role": "model"}
+    google.script("generate", Reply(200, {"candidates": [{"content": text_only}]}))
+    filtered = {"predictions": [
+        {"bytesBase64Encoded": b64(png(8, 8)), "mimeType": "image/png"},
+        {"raiFilteredReason": f"Filtered (key {GOOGLE_KEY})."},
+    ]}  # fmt: skip
+    google.script("predict", Reply(200, filtered))
+    jobs = [
+        await api.submit("ahv_video", {"prompt": "a"}, webhook_url=receiver.url("/ok")),
+        await api.submit("ahv_image", {"prompt": "b"}, webhook_url=receiver.url("/ok")),
+        await api.submit(
+            "gg_image", {"prompt": "c", "number_of_images": 2}, webhook_url=receiver.url("/ok")
+        ),
+    ]
+    docs = [await api.wait(job["job_id"]) for job in jobs]
+    assert [d["status"] for d in docs] == ["failed", "failed", "succeeded"]
+    assert "lacks permission" in docs[0]["error"]["message"]
+    assert "No image for key" in docs[1]["error"]["message"]
+    assert docs[2]["result"]["meta"]["filtered"] == ["Filtered (key [api key])."]
+    deliveries = await receiver.wait_for("/ok", 3)
+    seen = [str(d) for d in docs] + [d.body.decode() for d in deliveries] + [caplog.text]
+    for text in seen:
+        assert GOOGLE_KEY not in text
+
+
+async def test_a_video_on_the_apis_host_is_fetched_through_base_url(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    # The operation names the video on generativelanguage.googleapis.com; with a proxy (here
+    # the stand-in) as base_url, the download goes through it like every other request.
+    google.video_origin = "https://generativelanguage.googleapis.com"
+    api = await start(start_server, google)
+    job = await api.submit("ahv_video", {"prompt": "x"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    (fetched,) = google.of("download")
+    assert fetched.path == "/v1beta/files/op1:download?alt=media"
+    assert fetched.headers["x-goog-api-key"] == GOOGLE_KEY
+    assert await download(api, doc["result"]["url"]) == google.video_bytes
+
+
+async def test_veo_4k_is_asked_for_as_the_api_spells_it(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    api = await start(start_server, google)
+    status, doc, _ = await api.call(
+        "POST", "/ahv/video", json={"prompt": "x", "resolution": "4k", "duration_s": 8}
+    )
+    assert status == 200 and doc["status"] == "succeeded", doc
+    assert google.of("veo")[0].body["parameters"] == {"resolution": "4k", "durationSeconds": 8}
+    status, body, _ = await api.call("POST", "/ahv/video", json={"prompt": "x", "resolution": "8k"})
+    assert status == 422 and "payload.resolution" in body["error"]["message"]
+
+
+async def test_a_veo_operation_that_never_finishes_times_out_and_polling_stops(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    google.polls_until_done = 10**9
+    api = await start(start_server, google, queue={"timeouts_s": {"ahv_video": 0.6}})
+    job = await api.submit("ahv_video", {"prompt": "forever"}, webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["attempts"] == 1
+    assert doc["error"]["code"] == "timeout"
+    seen = len(google.of("poll"))
+    assert seen >= 2
+    await asyncio.sleep(0.5)  # five poll intervals
+    assert len(google.of("poll")) == seen
+    assert google.of("download") == [] and list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["error"]["code"] == "timeout"
+
+
+async def test_cancel_during_an_imagen_call_in_flight_ends_at_once(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    google.delay_s = 5.0
+    api = await start(start_server, google, queue={"cancel_wait_s": 10})
+    job = await api.submit("gg_image", {"prompt": "slow"})
+    await google.wait_calls("predict", 1)
+    started = asyncio.get_running_loop().time()
+    status, _, _ = await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
+    assert status == 200
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "canceled"
+    # The request was abandoned, not waited out (nor the cancel_wait_s grace).
+    assert asyncio.get_running_loop().time() - started < 2.0
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    (row,) = [r for r in diag["backends"] if r["name"] == "google"]
+    assert row["busy"] == 0
+    assert list(api.orchestrator.files_dir.iterdir()) == []

@@ -4,6 +4,7 @@ through the real server, against a local server speaking OpenAI's Images API wir
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 
@@ -262,3 +263,47 @@ async def test_retention_expires_every_file_of_a_several_image_job(
             assert response.status == 410
             body = await response.json()
             assert body["error"]["code"] == "file_expired"
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        # A header claiming 20000x20000 (400 MP, over limits.max_output_pixels here): the
+        # file is never handed out as a result.
+        (fixtures.huge_header_png(20000, 20000), "image is 20000x20000"),
+        (fixtures.truncated_jpeg(), "openai result 1"),
+        (b"GIF89a, or so it says", "openai result 1"),
+    ],
+    ids=["huge-header", "truncated", "not-an-image"],
+)
+async def test_a_broken_or_oversized_result_image_fails_the_job(
+    start_server: StartServer, openai: FakeOpenAI, data: bytes, said: str
+) -> None:
+    api = await start(start_server, openai, limits={"max_output_pixels": 50_000_000})
+    good = {"b64_json": base64.b64encode(fixtures.astronaut_png()).decode()}
+    bad = {"b64_json": base64.b64encode(data).decode()}
+    openai.script("generations", Reply(200, {"created": 1, "data": [good, bad]}))
+    job = await api.submit("cx_image", {"prompt": "x", "n": 2})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["error"]["code"] == "provider_error"
+    assert doc["error"]["message"].startswith("openai returned an image ahv cannot read")
+    assert said in doc["error"]["message"]
+    assert list(api.orchestrator.files_dir.iterdir()) == []  # not even the good one
+
+
+async def test_insufficient_quota_is_not_retried(
+    start_server: StartServer, openai: FakeOpenAI
+) -> None:
+    message = "You exceeded your current quota, please check your plan and billing details."
+    openai.script(
+        "generations", openai_error(429, message, "insufficient_quota", "insufficient_quota")
+    )
+    api = await start(start_server, openai, queue={"max_attempts": 3})
+    job = await api.submit("cx_image", {"prompt": "x"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["attempts"] == 1
+    assert doc["error"] == {
+        "code": "provider_error",
+        "message": f"openai answered HTTP 429: {message}",
+    }
+    assert len(openai.of("generations")) == 1

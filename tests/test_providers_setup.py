@@ -142,6 +142,14 @@ async def test_a_missing_key_file_refuses_the_start(tmp_path: Path) -> None:
         ('[providers.google]\napi_kee = "k"\n', ["providers.google", "api_kee"]),
         ('[providers.openai]\nconcurrency = 0\n', ["providers.openai.concurrency"]),
         ('[[backends]]\nname = "google"\n', ["backends", "google"]),
+        # Credentials in the URL: OpenAI's Bearer key cannot travel next to them (aiohttp
+        # refuses both at once), and the URL is shown in /diag/backends.
+        ('[providers.openai]\napi_key = "k"\nbase_url = "https://me:s3cret-value@proxy.example"\n',
+         ["providers.openai.base_url", "user name or password"]),
+        ('[providers.google]\nbase_url = "http://s3cret-value@10.0.0.2:8080/gemini"\n',
+         ["providers.google.base_url"]),
+        ('[providers.openai]\napi_key = "sk-proj s3cret-value"\n', ["providers.openai.api_key"]),
+        ('[providers.google]\napi_key = "AIza\\u00e9s3cret-value"\n', ["providers.google.api_key"]),
     ],
 )  # fmt: skip
 def test_bad_provider_config_names_the_key(text: str, names: list[str]) -> None:
@@ -158,3 +166,32 @@ def test_provider_tasks_cannot_be_given_to_a_cpu_backend() -> None:
         load_registry(config)
     assert "backends[0].tasks" in str(caught.value) and "gg_image" in str(caught.value)
     assert "[providers.google]" in str(caught.value)
+
+
+async def test_key_files_as_editors_write_them(
+    start_server: StartServer, google: FakeGoogle, tmp_path: Path
+) -> None:
+    # A byte-order mark and a CRLF line end (Windows editors): the key is still the key.
+    key_file = tmp_path / "google.key"
+    key_file.write_bytes(b"\xef\xbb\xbf" + KEY.encode() + b"\r\n")
+    api = await start_server(
+        providers={"google": {"api_key_file": str(key_file), "base_url": google.url}}
+    )
+    doc = await api.wait((await api.submit("gg_image", {"prompt": "x"}))["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    assert google.of("predict")[0].headers["x-goog-api-key"] == KEY
+
+
+@pytest.mark.parametrize("key", ["sk-proj s3cret", "sk-proj-\u00e9s3cret", "sk-\x7fs3cret"])
+async def test_a_key_file_a_header_cannot_carry_refuses_the_start(tmp_path: Path, key: str) -> None:
+    key_file = tmp_path / "openai.key"
+    key_file.write_text(f"{key}\n", encoding="utf-8")
+    raw = merge(
+        base_config(tmp_path / "data"),
+        {"providers": {"openai": {"api_key_file": str(key_file)}}},
+    )
+    with pytest.raises(StartupError) as caught:
+        await Orchestrator(msgspec.convert(raw, Config)).start()
+    message = str(caught.value)
+    assert "providers.openai.api_key_file" in message and str(key_file) in message
+    assert "s3cret" not in message

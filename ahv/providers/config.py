@@ -19,6 +19,8 @@ Slots = Annotated[int, msgspec.Meta(ge=1, le=256)]
 # Model names go into request paths (`/v1beta/models/{model}:predict`): no `/`, `:` or `..`.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PROVIDERS = ("google", "openai")
+# What an API key may hold: it travels in an HTTP header (visible ASCII, no spaces).
+KEY_TEXT = re.compile(r"^[\x21-\x7e]*$")
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -89,6 +91,18 @@ def check_providers(providers: ProvidersConfig, backend_names: set[str]) -> list
             problems.append(f"{where}.api_key: has leading or trailing white space")
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", entry.base_url):
             problems.append(f"{where}.base_url: must be an http:// or https:// URL")
+        elif "@" in entry.base_url.partition("://")[2].partition("/")[0]:
+            # Credentials in the URL would be sent as Basic auth next to the key (OpenAI's
+            # Bearer header cannot coexist with them) and shown wherever the URL is.
+            problems.append(
+                f"{where}.base_url: must not hold a user name or password (`user:pass@`); "
+                "the key goes in api_key or api_key_file"
+            )
+        if not KEY_TEXT.match(entry.api_key.strip()):
+            problems.append(
+                f"{where}.api_key: holds characters an HTTP header cannot carry "
+                "(spaces, control or non-ASCII characters)"
+            )
         models = {"image_model": entry.image_model}
         if isinstance(entry, GoogleProviderConfig):
             models |= {"imagen_model": entry.imagen_model, "veo_model": entry.veo_model}

@@ -14,6 +14,7 @@ from typing import BinaryIO, TypeVar
 
 import aiohttp
 import msgspec
+import yarl
 
 from ahv.errors import AhvError
 from ahv.providers import google_wire as wire
@@ -46,13 +47,32 @@ T = TypeVar("T")
 
 def safety_reason(message: str) -> str | None:
     """`message` when it is a refusal by the safety filter. Imagen and Veo refuse some
-    prompts (and input images) outright with an error whose message names the safety filter;
-    filtered *results* come back in the answer instead (raiFilteredReason, finishReason)."""
+    prompts (and input images) outright with an error (HTTP 400, or a finished operation's
+    `error`); filtered *results* come back in the answer instead (raiFilteredReason,
+    raiMediaFilteredReasons, finishReason). The refusals seen from the API read, e.g.:
+    "The prompt could not be submitted. This prompt contains sensitive words that violate
+    Google's Responsible AI practices. ... Support codes: 58061214" (Veo), "Image generation
+    failed with the following error: The response is blocked, as it may violate our policies.
+    ... Error Code: 58061214" (Imagen), or name the safety filter or settings."""
     text = message.lower()
     refusal = ("block", "filter", "prohibit", "violat", "sensitive")
     if "safety" in text and any(word in text for word in refusal):
         return message
+    if "responsible ai" in text or "sensitive words" in text or "support codes" in text:
+        return message
+    if "violate" in text and ("polic" in text or "guideline" in text):
+        return message
     return None
+
+
+def imagen_prompt(prompt: str, negative_prompt: str | None) -> str:
+    """The prompt Imagen is sent. Imagen 4 on the Gemini API takes no negative prompt: the
+    Imagen guide lists no `negativePrompt` parameter, and Google's SDKs refuse one for the
+    Gemini API ("no longer supported ... in versions greater than imagen-3.0-generate-002"),
+    so what the images should not show is said in the prompt itself."""
+    if not negative_prompt or not negative_prompt.strip():
+        return prompt
+    return f"{prompt}\n\nAvoid: {negative_prompt.strip()}"
 
 
 def _safety(status: int, detail: ErrorDetail) -> str | None:
@@ -91,12 +111,11 @@ class GeminiClient:
         person_generation: str | None,
     ) -> ImageBatch:
         request = wire.ImagenRequest(
-            instances=[wire.ImagenInstance(prompt=prompt)],
+            instances=[wire.ImagenInstance(prompt=imagen_prompt(prompt, negative_prompt))],
             parameters=wire.ImagenParameters(
                 sample_count=count,
                 aspect_ratio=aspect_ratio,
                 image_size=image_size,
-                negative_prompt=negative_prompt,
                 person_generation=person_generation,
                 include_rai_reason=True,
             ),
@@ -204,7 +223,16 @@ class GeminiClient:
     async def download(self, uri: str, sink: BinaryIO, *, max_bytes: int) -> str | None:
         """The video file behind a sample's `video.uri` (fetched with the key, as the Veo
         guide's `curl -H "x-goog-api-key: ..." "$video_uri"`), into `sink`."""
-        return await self._http.download(uri, sink, max_bytes=max_bytes)
+        return await self._http.download(self._via_base_url(uri), sink, max_bytes=max_bytes)
+
+    def _via_base_url(self, uri: str) -> str:
+        """A URI on the API's own host, rewritten onto `base_url` when that is another host:
+        the download goes through the proxy (or the local stand-in) that every other request
+        goes through, not around it."""
+        target, base = yarl.URL(uri), self._http.base
+        if str(target.origin()) != API_ORIGIN or str(base.origin()) == API_ORIGIN:
+            return uri
+        return str(yarl.URL(str(base) + target.raw_path_qs, encoded=True))
 
     def scrub(self, text: str) -> str:
         return self._http.scrub(text)

@@ -3,7 +3,7 @@ answer fields are ignored). Sources, per call:
 
 - Imagen: `POST /v1beta/models/{model}:predict`, https://ai.google.dev/gemini-api/docs/imagen
   (instances[].prompt; parameters sampleCount, aspectRatio, imageSize, personGeneration,
-  negativePrompt; predictions[].bytesBase64Encoded/mimeType, raiFilteredReason).
+  includeRaiReason; predictions[].bytesBase64Encoded/mimeType, raiFilteredReason).
 - Gemini image output: `POST /v1beta/models/{model}:generateContent`,
   https://ai.google.dev/gemini-api/docs/image-generation and
   https://ai.google.dev/api/generate-content (contents[].parts[] text / inline_data;
@@ -39,10 +39,10 @@ class ImagenInstance(_Out):
 
 
 class ImagenParameters(_Out):
+    # No negativePrompt: Imagen 4 on the Gemini API has none (see google.imagen_prompt).
     sample_count: int
     aspect_ratio: str | None = None
     image_size: str | None = None
-    negative_prompt: str | None = None
     person_generation: str | None = None
     # Filtered images come back as a prediction saying why, instead of silently missing.
     include_rai_reason: bool | None = None

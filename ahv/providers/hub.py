@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 
 from ahv.config import BackendConfig, Config
 from ahv.errors import AhvError, StartupError
-from ahv.providers.config import PROVIDERS, ProvidersConfig, is_configured, section
+from ahv.providers.config import (
+    KEY_TEXT,
+    PROVIDERS,
+    ProvidersConfig,
+    is_configured,
+    section,
+)
 from ahv.providers.google import GeminiClient
 from ahv.providers.openai import OpenAIClient
 
@@ -83,10 +90,9 @@ class ProviderHub:
         ]
 
     def _base_url(self, name: str) -> str:
-        # Shown without any userinfo a proxy URL might carry.
-        url = section(self._config, name).base_url.rstrip("/")
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        # The config refuses credentials in base_url; shown without any all the same.
+        url = yarl.URL(section(self._config, name).base_url.rstrip("/"))
+        return str(url.with_user(None))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,7 +140,8 @@ def _read_key(name: str, providers: ProvidersConfig) -> str:
         return str(entry.api_key)
     where = f"providers.{name}.api_key_file"
     try:
-        text = Path(entry.api_key_file).read_text(encoding="utf-8")
+        # utf-8-sig: a key saved by an editor that writes a byte-order mark still reads.
+        text = Path(entry.api_key_file).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise StartupError(f"{where}: cannot read {entry.api_key_file}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -142,4 +149,9 @@ def _read_key(name: str, providers: ProvidersConfig) -> str:
     key = (text.strip().splitlines() or [""])[0].strip()
     if not key:
         raise StartupError(f"{where}: {entry.api_key_file} is empty")
+    if not KEY_TEXT.match(key):
+        raise StartupError(
+            f"{where}: the key in {entry.api_key_file} holds characters an HTTP header cannot "
+            "carry (spaces, control or non-ASCII characters)"
+        )
     return key

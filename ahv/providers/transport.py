@@ -2,7 +2,8 @@
 mapping of what goes wrong to ahv's error codes.
 
 - 429, 408 and 5xx, timeouts and connection errors: a transient `provider_error` (the
-  scheduler retries the job within its attempts, after the provider's `Retry-After`);
+  scheduler retries the job within its attempts, after the provider's `Retry-After`), but
+  for OpenAI's 429 `insufficient_quota`, which no wait cures;
 - a refusal by the provider's safety system: `content_blocked` (the job ends `rejected`);
 - any other 4xx: `provider_error` quoting the provider's message.
 
@@ -147,6 +148,11 @@ class Transport:
         if reason is not None:
             return blocked(self.provider, self.scrub(reason))
         said = f"{self.provider} answered HTTP {status}" + (f": {message}" if message else "")
+        if status == 429 and detail.code == "insufficient_quota":
+            # OpenAI's "You exceeded your current quota, please check your plan and billing
+            # details": a 429 that no wait cures (https://platform.openai.com/docs/guides/
+            # error-codes), so the job's other attempts are not spent on it.
+            return AhvError("provider_error", said)
         if status == 429 or status == 408 or status >= 500:
             retry_after = _retry_after_s(headers.get("Retry-After"), detail)
             return AhvError("provider_error", said, transient=True, retry_after_s=retry_after)

@@ -8,14 +8,16 @@ they have alpha, else JPEG, so a provider only ever sees a clean upright image.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Protocol
 
 import cv2
 import msgspec
 import numpy as np
 
 from ahv.errors import AhvError
-from ahv.imaging import decode_image, encode_image, probe_image
+from ahv.imaging import decode_image, encode_image
 from ahv.providers.config import MODEL_NAME
 from ahv.providers.hub import ProviderHub
 from ahv.providers.types import ImageBatch, InputImage
@@ -35,6 +37,23 @@ ModelOverride = Annotated[
         description="The provider's model to use instead of the one ahv.toml names.",
     ),
 ]
+
+
+class _Scrubber(Protocol):
+    def scrub(self, text: str) -> str: ...
+
+
+@contextlib.contextmanager
+def key_kept_out(client: _Scrubber) -> Iterator[None]:
+    """Errors raised in the block with the provider's key scrubbed from their message: they
+    quote the provider's own words (refusals, operation errors, the text a model answered),
+    which must not carry the key into job documents, webhooks or logs."""
+    try:
+        yield
+    except AhvError as exc:
+        exc.message = client.scrub(exc.message)
+        exc.args = (exc.message,)
+        raise
 
 
 def hub(ctx: TaskContext) -> ProviderHub:
@@ -91,10 +110,16 @@ async def load_mask(ctx: TaskContext, url: str, field: str, size: tuple[int, int
 
 
 async def save_images(
-    ctx: TaskContext, batch: ImageBatch, *, provider: str, model: str
+    ctx: TaskContext,
+    batch: ImageBatch,
+    *,
+    provider: str,
+    model: str,
+    scrub: Callable[[str], str],
 ) -> TaskOutput:
     """Every image of `batch` saved under /files/; `result.url` is the first, `result.files`
-    lists them all with their own meta."""
+    lists them all with their own meta. The provider's words kept in the meta (filter
+    reasons, text) pass through `scrub` first."""
     blobs: list[bytes] = []
     for i, image in enumerate(batch.images):
         if image.data is not None:
@@ -113,27 +138,31 @@ async def save_images(
         "model": model,
         "images": len(files),
     }
-    if batch.filtered:
-        meta["filtered"] = batch.filtered  # withheld by the provider's safety filter
+    if batch.filtered:  # withheld by the provider's safety filter
+        meta["filtered"] = [scrub(reason) for reason in batch.filtered]
     if batch.text:
-        meta["text"] = batch.text[:2000]
+        meta["text"] = scrub(batch.text)[:2000]
     return TaskOutput(filename=files[0].filename, meta=meta, files=files)
 
 
 def _save_one(ctx: TaskContext, data: bytes, index: int, provider: str) -> OutputFile:
     field = f"{provider} result {index}"
+    limits = ctx.config.limits
     try:
-        width, height, kind = probe_image(data, field=field)
+        # Decoded in full, not only probed: a truncated file, or a header that claims more
+        # pixels than limits.max_output_pixels (a decompression bomb), is the provider's
+        # failure, never a result handed to the client.
+        image = decode_image(
+            data, max_pixels=limits.max_output_pixels, max_side=limits.max_side, field=field
+        )
     except AhvError as exc:
         raise AhvError(
             "provider_error", f"{provider} returned an image ahv cannot read ({exc.message})"
         ) from None
-    extension = _EXTENSIONS.get(kind)
-    if extension is None:  # not a web format (a BMP, a TIFF): re-encoded
-        limits = ctx.config.limits
-        image = decode_image(
-            data, max_pixels=limits.max_output_pixels, max_side=limits.max_side, field=field
-        )
+    height, width = image.pixels.shape[:2]
+    extension = _EXTENSIONS.get(image.source_format)
+    if extension is None or image.orientation != 1:
+        # Not a web format (a BMP, a TIFF), or turned by EXIF: re-encoded, upright.
         encoded = encode_image(image.pixels, has_alpha=image.has_alpha)
         data, extension = encoded.data, encoded.extension
     filename = ctx.save_output(data, extension)

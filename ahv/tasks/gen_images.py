@@ -14,9 +14,19 @@ import msgspec
 
 from ahv.config import Config
 from ahv.errors import invalid_payload
+from ahv.providers.google import GeminiClient
+from ahv.providers.openai import OpenAIClient
 from ahv.providers.types import InputImage
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
-from ahv.tasks.gen_common import ModelOverride, Prompt, hub, load_image, load_mask, save_images
+from ahv.tasks.gen_common import (
+    ModelOverride,
+    Prompt,
+    hub,
+    key_kept_out,
+    load_image,
+    load_mask,
+    save_images,
+)
 
 ImageUrls = Annotated[
     list[str],
@@ -106,17 +116,18 @@ async def run_gg_image(ctx: TaskContext, payload: GgImagePayload) -> TaskOutput:
     client = hub(ctx).google()
     model = payload.model or client.settings.imagen_model
     ctx.progress(10)
-    batch = await client.imagen(
-        model,
-        prompt=payload.prompt,
-        count=payload.number_of_images,
-        aspect_ratio=payload.aspect_ratio,
-        image_size=payload.image_size,
-        negative_prompt=payload.negative_prompt,
-        person_generation=payload.person_generation,
-    )
+    with key_kept_out(client):
+        batch = await client.imagen(
+            model,
+            prompt=payload.prompt,
+            count=payload.number_of_images,
+            aspect_ratio=payload.aspect_ratio,
+            image_size=payload.image_size,
+            negative_prompt=payload.negative_prompt,
+            person_generation=payload.person_generation,
+        )
     ctx.progress(80)
-    return await save_images(ctx, batch, provider="google", model=model)
+    return await save_images(ctx, batch, provider="google", model=model, scrub=client.scrub)
 
 
 async def run_cx_image(ctx: TaskContext, payload: CxImagePayload) -> TaskOutput:
@@ -130,18 +141,19 @@ async def run_cx_image(ctx: TaskContext, payload: CxImagePayload) -> TaskOutput:
         )
     ctx.progress(10)
     size, quality, background = payload.size, payload.quality, payload.background
-    if images:
-        batch = await client.edit(
-            model, prompt=payload.prompt, images=images, mask=mask, n=payload.n, size=size,
-            quality=quality, background=background,
-        )  # fmt: skip
-    else:
-        batch = await client.generate(
-            model, prompt=payload.prompt, n=payload.n, size=size, quality=quality,
-            background=background,
-        )  # fmt: skip
+    with key_kept_out(client):
+        if images:
+            batch = await client.edit(
+                model, prompt=payload.prompt, images=images, mask=mask, n=payload.n, size=size,
+                quality=quality, background=background,
+            )  # fmt: skip
+        else:
+            batch = await client.generate(
+                model, prompt=payload.prompt, n=payload.n, size=size, quality=quality,
+                background=background,
+            )  # fmt: skip
     ctx.progress(80)
-    output = await save_images(ctx, batch, provider="openai", model=model)
+    output = await save_images(ctx, batch, provider="openai", model=model, scrub=client.scrub)
     output.meta["mode"] = "edit" if images else "generation"
     return output
 
@@ -160,27 +172,30 @@ async def run_ahv_image(ctx: TaskContext, payload: AhvImagePayload) -> TaskOutpu
     name = providers.ahv_image_provider
     images = await _inputs(ctx, payload.image_urls)
     ctx.progress(10)
+    client: OpenAIClient | GeminiClient
     if name == "openai":
         client = hub(ctx).openai()
         model = providers.ahv_image_model or client.settings.image_model
         size = _openai_size(payload.aspect_ratio)
-        if images:
-            batch = await client.edit(
-                model, prompt=payload.prompt, images=images, mask=None, n=1, size=size,
-                quality=None, background=None,
-            )  # fmt: skip
-        else:
-            batch = await client.generate(
-                model, prompt=payload.prompt, n=1, size=size, quality=None, background=None
-            )
+        with key_kept_out(client):
+            if images:
+                batch = await client.edit(
+                    model, prompt=payload.prompt, images=images, mask=None, n=1, size=size,
+                    quality=None, background=None,
+                )  # fmt: skip
+            else:
+                batch = await client.generate(
+                    model, prompt=payload.prompt, n=1, size=size, quality=None, background=None
+                )
     else:
-        google = hub(ctx).google()
-        model = providers.ahv_image_model or google.settings.image_model
-        batch = await google.generate_images(
-            model, prompt=payload.prompt, images=images, aspect_ratio=payload.aspect_ratio
-        )
+        client = hub(ctx).google()
+        model = providers.ahv_image_model or client.settings.image_model
+        with key_kept_out(client):
+            batch = await client.generate_images(
+                model, prompt=payload.prompt, images=images, aspect_ratio=payload.aspect_ratio
+            )
     ctx.progress(80)
-    output = await save_images(ctx, batch, provider=name, model=model)
+    output = await save_images(ctx, batch, provider=name, model=model, scrub=client.scrub)
     output.meta["mode"] = "image-to-image" if images else "text-to-image"
     return output
 

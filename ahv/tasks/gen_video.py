@@ -20,7 +20,7 @@ from ahv.providers import google_wire as wire
 from ahv.providers.google import GeminiClient, safety_reason
 from ahv.providers.transport import blocked
 from ahv.tasks.base import OutputFile, TaskContext, TaskOutput, TaskSpec
-from ahv.tasks.gen_common import ModelOverride, Prompt, hub, load_image
+from ahv.tasks.gen_common import ModelOverride, Prompt, hub, key_kept_out, load_image
 from ahv.video import probe_video
 
 # Transient poll failures in a row tolerated before the job itself is retried (a retry
@@ -51,8 +51,11 @@ class AhvVideoPayload(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         msgspec.Meta(description="Landscape or portrait (the model's default: 16:9)."),
     ] = None
     resolution: Annotated[
-        Literal["720p", "1080p"] | None,
-        msgspec.Meta(description="Video resolution (the model's default: 720p)."),
+        Literal["720p", "1080p", "4k"] | None,
+        msgspec.Meta(
+            description="Video resolution (the model's default: 720p; Veo 3.1 makes 1080p and "
+            "4k videos of 8 s only)."
+        ),
     ] = None
     negative_prompt: (
         Annotated[str, msgspec.Meta(max_length=8000, description="What the video should not show.")]
@@ -68,19 +71,20 @@ async def run_ahv_video(ctx: TaskContext, payload: AhvVideoPayload) -> TaskOutpu
     if payload.image_url is not None:
         first_frame = await load_image(ctx, payload.image_url, "image_url")
     ctx.progress(5)
-    name = await client.start_video(
-        model,
-        prompt=payload.prompt,
-        first_frame=first_frame,
-        duration_s=payload.duration_s,
-        aspect_ratio=payload.aspect_ratio,
-        resolution=payload.resolution,
-        negative_prompt=payload.negative_prompt,
-    )
-    operation = await _wait(ctx, client, name)
-    uris = _video_uris(operation)
-    ctx.progress(90)
-    files = [await _download(ctx, client, uri, i) for i, uri in enumerate(uris)]
+    with key_kept_out(client):
+        name = await client.start_video(
+            model,
+            prompt=payload.prompt,
+            first_frame=first_frame,
+            duration_s=payload.duration_s,
+            aspect_ratio=payload.aspect_ratio,
+            resolution=payload.resolution,
+            negative_prompt=payload.negative_prompt,
+        )
+        operation = await _wait(ctx, client, name)
+        uris = _video_uris(operation)
+        ctx.progress(90)
+        files = [await _download(ctx, client, uri, i) for i, uri in enumerate(uris)]
     meta: dict[str, Any] = {
         **files[0].meta,
         "provider": "google",
