@@ -18,6 +18,7 @@ from ahv.http.docs_render import direct_path
 from ahv.http.docs_text import TASK_DOCS
 from ahv.http.openapi_routes import ERROR_CODES, ROUTES
 from ahv.http.pages import STATIC_FILES
+from ahv.jobs import REJECTION_CODES
 from ahv.tasks import builtin_tasks
 from tests.conftest import (
     KEY_A,
@@ -253,3 +254,11 @@ async def test_sample_bodies_show_when_files_expire(start_server: StartServer) -
     assert body["status"] == "succeeded"
     assert body["expires_at_ms"] - body["finished_at_ms"] == 3600 * 1000
     assert body["expires_at"] == "2026-02-04T19:04:19.462901+00:00"
+
+
+async def test_job_error_table_has_the_rejection_codes(api: Api) -> None:
+    _, page, _ = await get_page(api, "/")
+    table = section_of(page, 'id="job-errors"')
+    for code in sorted(REJECTION_CODES):
+        row = table[table.index(f"<tr><td><code>{code}</code>") :]
+        assert "<code>rejected</code>" in row[: row.index("</tr>")], code
