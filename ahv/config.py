@@ -40,8 +40,9 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: PositiveInt = 1_048_576
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     plugins: list[str] = []
-    # Seconds between keepalive comments on an idle event stream (GET /v1/events, ...).
-    sse_keepalive_s: PositiveFloat = 15.0
+    # Seconds between keepalive comments on an idle event stream (GET /v1/events, ...). At
+    # most 50: the dashboard takes a stream silent for 60 s as broken and reconnects.
+    sse_keepalive_s: Annotated[float, msgspec.Meta(gt=0, le=50)] = 15.0
     # `Authorization: Bearer <token>` accepted on GET /metrics; empty = admin keys only.
     metrics_token: str = ""
     # Log lines as plain text or one JSON object a line (for log shippers); `ahv serve

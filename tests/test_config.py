@@ -34,6 +34,7 @@ GOOD_KEY = '[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "0123456789abcdef"
          ["keys[0].webhook_secret"]),
         ('[fetch]\nallowed_networks = ["10.0.0.0/33"]\n', ["fetch.allowed_networks[0]"]),
         ('[server]\npublic_url = "example.com"\n', ["server.public_url"]),
+        ("[server]\nsse_keepalive_s = 120\n", ["server.sse_keepalive_s", "50"]),
         ("[server\n", ["TOML"]),
         (GOOD_KEY + GOOD_KEY.replace('"a"', '"b"'), ["keys[1]", "same key as keys[0]"]),
         (GOOD_KEY.replace('"0123456789abcdef"', '"whsec_!!!notbase64!!!"'),

@@ -9,9 +9,11 @@ from typing import Any
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
-from tests.conftest import KEY_ADMIN, Api, Receiver
+from tests.conftest import KEY_A, KEY_ADMIN, Api, Receiver, StartServer
+from tests.fake_providers import FakeGoogle
 
 SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})
+GOOGLE_KEY = "AIza-openapi-test-key"
 
 
 async def document(api: Api) -> dict[str, Any]:
@@ -190,3 +192,86 @@ async def test_405_says_which_methods_are_allowed(api: Api) -> None:
     assert set(response.headers["Allow"].split(",")) >= {"GET", "DELETE"}
     status, _, response = await api.call("PATCH", "/openapi.json", key=None)
     assert status == 405 and "GET" in response.headers["Allow"]
+
+
+async def test_cloud_jobs_stats_backends_and_deliveries_match_the_document(
+    start_server: StartServer, aiohttp_server: Any, receiver: Receiver
+) -> None:
+    google = await FakeGoogle.start(aiohttp_server, GOOGLE_KEY)
+    # Google set up, OpenAI not: a provider backend and an unavailable provider.
+    api = await start_server(providers={"google": {"api_key": GOOGLE_KEY, "base_url": google.url}})
+    doc = await document(api)
+
+    async def call(
+        method: str, path: str, template: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        status, body, _ = await api.call(method, path, **kwargs)
+        check_response(doc, method, template or path.split("?")[0], status, body)
+        return dict(body)
+
+    job = await call(
+        "POST",
+        "/v1/jobs",
+        json={
+            "task": "gg_image",
+            "payload": {"prompt": "a red fox", "number_of_images": 3},
+            "webhook_url": receiver.url("/ok"),
+        },
+    )
+    job_id = job["job_id"]
+    await api.wait(job_id)
+    # A result of several files, with the job's payload and its expiry (GET only).
+    done = await call("GET", f"/v1/jobs/{job_id}", "/v1/jobs/{job_id}")
+    assert done["status"] == "succeeded", done["error"]
+    assert (
+        len(done["result"]["files"]) == 3
+        and done["result"]["url"] == done["result"]["files"][0]["url"]
+    )
+    assert done["payload"]["number_of_images"] == 3
+    assert done["expires_at"] is not None and done["expires_at_ms"] is not None
+    listed = await call("GET", "/v1/jobs?task=gg_image")
+    assert listed["jobs"][0]["result"]["files"] == done["result"]["files"]
+    assert "payload" not in listed["jobs"][0]
+
+    # /stats: the hour's history with this minute's finished job in it.
+    stats = await call("GET", "/stats")
+    assert len(stats["history"]) == 60
+    assert sum(bucket["finished"] for bucket in stats["history"]) == 1
+    assert stats["recent"][0]["result"]["files"] == done["result"]["files"]
+
+    # /diag/backends: the provider's backend says which and where; OpenAI is unavailable.
+    backends = await call("GET", "/diag/backends")
+    (provider,) = [b for b in backends["backends"] if b["kind"] == "provider"]
+    assert provider["provider"] == "google" and provider["configured"] is True
+    assert provider["base_url"] == google.url and "gg_image" in provider["tasks"]
+    (openai,) = backends["unavailable_providers"]
+    assert openai["provider"] == "openai" and "cx_image" in openai["unavailable_tasks"]
+    assert GOOGLE_KEY not in str(backends)
+
+    # The delivery log (both names), then a redelivery (202) of the same event.
+    await receiver.wait_for("/ok")
+    for name in ("deliveries", "webhooks"):
+        log = await call("GET", f"/v1/jobs/{job_id}/{name}", f"/v1/jobs/{{job_id}}/{name}")
+        (delivery,) = log["deliveries"]
+        assert delivery["state"] == "delivered" and delivery["attempts"] == 1
+        assert delivery["created_at_ms"] <= delivery["delivered_at_ms"]
+    again = await call("POST", f"/v1/jobs/{job_id}/redeliver", "/v1/jobs/{job_id}/redeliver")
+    assert again["delivery"]["event_id"] == delivery["event_id"]
+    assert again["delivery"]["state"] == "pending" and again["delivery"]["attempts"] == 0
+    await receiver.wait_for("/ok", count=2)
+    # Redeliver errors: a job without a webhook (409), an unknown job (404).
+    bare = await api.submit("sleep", {"seconds": 0.01})
+    await api.wait(bare["job_id"])
+    refused = await call(
+        "POST", f"/v1/jobs/{bare['job_id']}/redeliver", "/v1/jobs/{job_id}/redeliver"
+    )
+    assert refused["error"]["code"] == "no_webhook"
+    await call("POST", "/v1/jobs/nope/redeliver", "/v1/jobs/{job_id}/redeliver")
+
+    # /metrics: documented as text, with this job counted.
+    status, text, response = await api.call("GET", "/metrics", key=KEY_ADMIN)
+    assert status == 200 and response.content_type == "text/plain"
+    assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert b'ahv_jobs_finished_total{status="succeeded",task="gg_image"} 1.0' in text
+    await call("GET", "/metrics", key=KEY_A)  # 403, documented
+    await call("GET", "/metrics", key=None)  # 401, documented

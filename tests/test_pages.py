@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from ahv.http.direct import face_task_for
 from ahv.http.docs_render import direct_path
+from ahv.http.docs_text import TASK_DOCS
+from ahv.http.openapi_routes import ERROR_CODES, ROUTES
 from ahv.http.pages import STATIC_FILES
+from ahv.jobs import REJECTION_CODES
+from ahv.tasks import builtin_tasks
 from tests.conftest import (
     KEY_A,
     KEY_ADMIN,
@@ -168,3 +173,92 @@ def test_page_files_ship_in_the_package() -> None:
     for path in files:
         assert f"ahv.http.{path.parent.name}" in found, path
         assert any(fnmatch.fnmatch(path.name, g) for g in globs), path
+
+
+def section_of(page: str, marker: str) -> str:
+    start = page.index(marker)
+    return page[start : page.index("</table>", start)]
+
+
+def test_written_examples_keep_every_field_they_show() -> None:
+    # The page drops fields a task's payload does not have (so that an example never lies);
+    # a written example that loses one is a wrong example: `image_url` on a task that takes
+    # `image_urls` turned "Edit an image" into a plain generation.
+    registry = {spec.name: spec for spec in builtin_tasks()}
+    for task, doc in TASK_DOCS.items():
+        spec = registry[task]
+        known = {f.encode_name for f in msgspec.inspect.type_info(spec.payload_type).fields}
+        for label, payload in doc.examples:
+            assert set(payload) <= known, (task, label, set(payload) - known)
+            msgspec.convert(payload, spec.payload_type)  # raises if the task refuses it
+
+
+async def test_cloud_tasks_have_their_real_payloads(api: Api) -> None:
+    _, page, _ = await get_page(api, "/")
+    bodies = {}
+    for url, body in CURL_BODY.findall(page):
+        data = msgspec.json.decode(html.unescape(body).replace("'\\''", "'"))
+        if url == f"{api.url}/v1/jobs":
+            bodies.setdefault(data["task"], []).append(data["payload"])
+    # Image-to-image and edits take `image_urls`; several images are shown too.
+    assert any(p.get("image_urls") for p in bodies["ahv_image"]), bodies["ahv_image"]
+    assert any(p.get("image_urls") and p.get("mask_url") for p in bodies["cx_image"])
+    assert any(p.get("n", 1) > 1 for p in bodies["cx_image"])
+    assert any(p.get("number_of_images", 1) > 1 for p in bodies["gg_image"])
+    assert any(p.get("image_url") for p in bodies["ahv_video"])
+    # Every field of a built-in task has words: the docs' own, else the Struct's description.
+    for spec in builtin_tasks():
+        table = section_of(page, f'<table class="params" data-task="{spec.name}">')
+        assert "No description." not in table, spec.name
+    gg = section_of(page, '<table class="params" data-task="gg_image">')
+    assert "<td><code>number_of_images</code></td><td>int, 1–4</td>" in gg
+    assert "Images to generate, 1-4." in gg
+    video = section_of(page, '<table class="params" data-task="ahv_video">')
+    assert "&quot;720p&quot; / &quot;1080p&quot; / &quot;4k&quot;" in video  # declared order
+    for task in ("gg_image", "cx_image"):
+        start = page.index(f'id="task-{task.replace("_", "-")}"')
+        assert "result.files" in page[start : page.index("</section>", start)], task
+
+
+async def test_endpoint_reference_lists_every_route_and_error_code(api: Api) -> None:
+    _, page, _ = await get_page(api, "/")
+    reference = section_of(page, 'id="endpoint-table"')
+    # Every route but the dashboard's own files, as `METHOD /path`; the old name of the
+    # delivery log is named next to it.
+    for route in ROUTES:
+        shown = route.path.replace("{job_id}", "{id}")
+        if route.path == "/static/{name}":
+            continue
+        if route.path == "/v1/jobs/{job_id}/webhooks":
+            assert "(also <code>/webhooks</code>)" in reference
+            continue
+        assert f"<code>{route.method} {shown}" in reference, (route.method, route.path)
+    errors = section_of(page, 'id="http-errors"')
+    for status, codes in ERROR_CODES.items():
+        row = errors[errors.index(f"<tr><td>{status}</td>") :]
+        row = row[: row.index("</tr>")]
+        # "code, code: what; code (note)": each code leads a part of the text.
+        found = re.findall(r"(?:^|[,;])\s*([a-z_]+)(?=$|:|,|\s\()", codes)
+        assert found, codes
+        for code in found:
+            assert f"<code>{code}</code>" in row, (status, code)
+
+
+async def test_sample_bodies_show_when_files_expire(start_server: StartServer) -> None:
+    # As a real final job's document does: finished_at + retention.files_s.
+    api = await start_server(retention={"files_s": 3600})
+    _, page, _ = await get_page(api, "/")
+    sample = page[page.index('data-kind="webhook"') :]
+    sample = html.unescape(sample[sample.index("<code>") + 6 : sample.index("</code>")])
+    body = msgspec.json.decode(sample)
+    assert body["status"] == "succeeded"
+    assert body["expires_at_ms"] - body["finished_at_ms"] == 3600 * 1000
+    assert body["expires_at"] == "2026-02-04T19:04:19.462901+00:00"
+
+
+async def test_job_error_table_has_the_rejection_codes(api: Api) -> None:
+    _, page, _ = await get_page(api, "/")
+    table = section_of(page, 'id="job-errors"')
+    for code in sorted(REJECTION_CODES):
+        row = table[table.index(f"<tr><td><code>{code}</code>") :]
+        assert "<code>rejected</code>" in row[: row.index("</tr>")], code

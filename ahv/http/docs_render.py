@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 import msgspec.inspect as mi
@@ -19,6 +19,7 @@ from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.http.docs_text import TASK_DOCS, Text, field_text
 from ahv.jobs import JobRow, job_document
+from ahv.retention import expires_us
 from ahv.tasks import TaskSpec
 
 API_BASE = "{{API_BASE}}"
@@ -64,16 +65,20 @@ def direct_path(spec: TaskSpec, registry: Mapping[str, TaskSpec]) -> str | None:
 # -- payload tables --------------------------------------------------------------------------
 
 
-def type_text(t: mi.Type) -> str:
+def type_text(t: mi.Type, order: Sequence[Any] = ()) -> str:
     """A payload field's type as the sheet writes it (`string`, `int`, `0/1`, `array`...),
-    with the bounds the Struct enforces."""
+    with the bounds the Struct enforces. `order`: literal values in the order the Struct
+    declares them (msgspec.inspect sorts them)."""
     if isinstance(t, mi.UnionType):
-        parts = [type_text(m) for m in t.types if not isinstance(m, mi.NoneType)]
+        parts = [type_text(m, order) for m in t.types if not isinstance(m, mi.NoneType)]
         return " or ".join(parts) or "null"
     if isinstance(t, mi.Metadata):
-        return type_text(t.type)
+        return type_text(t.type, order)
     if isinstance(t, mi.LiteralType):
-        return "/".join(msgspec.json.encode(v).decode() for v in t.values)
+        values = [v for v in order if v in t.values]
+        values += [v for v in t.values if v not in values]
+        # Spaced, so that a long list wraps in the table's narrow column.
+        return " / ".join(msgspec.json.encode(v).decode() for v in values)
     if isinstance(t, mi.IntType | mi.FloatType):
         return ("int" if isinstance(t, mi.IntType) else "float") + _bounds(t)
     if isinstance(t, mi.StrType):
@@ -121,13 +126,42 @@ def _text_html(text: Text | None) -> str:
     return out
 
 
+def _literals(annotation: Any) -> list[Any]:
+    """The Literal values in a type annotation, in the order they are written."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for arg in get_args(annotation) for v in _literals(arg)]
+
+
+def _description(t: mi.Type) -> str | None:
+    """The `Meta(description=...)` the payload Struct gives a field (the schema's words)."""
+    if isinstance(t, mi.Metadata):
+        found = (t.extra_json_schema or {}).get("description")
+        return str(found) if found else _description(t.type)
+    if isinstance(t, mi.UnionType):
+        return next(filter(None, (_description(m) for m in t.types)), None)
+    return None
+
+
+def describe_field(spec: TaskSpec, f: mi.Field) -> Text | None:
+    """The docs' own words for the field, else the Struct's description, else the common
+    meaning of its name."""
+    own = field_text(spec.name, f.name, common=False)
+    if own is not None:
+        return own
+    described = _description(f.type)
+    return Text(described) if described else field_text(spec.name, f.name)
+
+
 def payload_table(spec: TaskSpec) -> str:
     fields = _fields(spec)
     if not fields:
         return '<p class="muted">This task takes no payload fields.</p>'
+    declared = {info.name: info.type for info in msgspec.structs.fields(spec.payload_type)}
     rows = "".join(
-        f"<tr><td><code>{esc(f.encode_name)}</code></td><td>{esc(type_text(f.type))}</td>"
-        f"<td>{esc(default_text(f))}</td><td>{_text_html(field_text(spec.name, f.name))}</td></tr>"
+        f"<tr><td><code>{esc(f.encode_name)}</code></td>"
+        f"<td>{esc(type_text(f.type, _literals(declared.get(f.name))))}</td>"
+        f"<td>{esc(default_text(f))}</td><td>{_text_html(describe_field(spec, f))}</td></tr>"
         for f in fields
     )
     return (
@@ -346,10 +380,11 @@ def _sample_row(status: str) -> JobRow:
     return msgspec.structs.replace(row, progress=0, error={"code": code, "message": message})
 
 
-def sample_document(status: str) -> dict[str, Any]:
+def sample_document(status: str, config: Config | None = None) -> dict[str, Any]:
     row = _sample_row(status)
+    expires = None if config is None else expires_us(config.retention, row)
     doc: dict[str, Any] = msgspec.to_builtins(
-        job_document(row, queue_position=0 if status == "queued" else None)
+        job_document(row, queue_position=0 if status == "queued" else None, expires_us=expires)
     )
     if status in ("queued", "running"):
         return doc
@@ -378,12 +413,12 @@ def render_docs(
         "TASK_TOC": "".join(f'<li><a href="#{slug(s.name)}">{esc(s.name)}</a></li>' for s in tasks),
         "TASK_SECTIONS": "\n".join(task_section(s, registry, config) for s in tasks),
         "DIRECT_ROWS": direct_rows(registry),
-        "SUBMIT_RESPONSE": esc(json_text(sample_document("queued"))),
-        "WEBHOOK_SUCCEEDED": esc(json_text(sample_document("succeeded"))),
+        "SUBMIT_RESPONSE": esc(json_text(sample_document("queued", config))),
+        "WEBHOOK_SUCCEEDED": esc(json_text(sample_document("succeeded", config))),
         "FIRST_TASK": esc(tasks[0].name if tasks else "upscale"),
     }
     for status in ("queued", "running", "succeeded", "failed", "rejected", "canceled"):
-        values[f"SAMPLE_{status.upper()}"] = esc(json_text(sample_document(status)))
+        values[f"SAMPLE_{status.upper()}"] = esc(json_text(sample_document(status, config)))
     return fill(template, values, keep=("API_BASE",))
 
 

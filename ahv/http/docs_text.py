@@ -73,6 +73,12 @@ _FACE_DETAILS = (
     "content filter that refuses an input ends the job rejected (nsfw_blocked).",
 )
 
+_SEVERAL_IMAGES = (
+    "One or more images: result.url and result.filename are the first; result.files lists "
+    "every image ({url, filename, meta: width, height, mime, bytes, index}). result.meta: "
+    "width, height and mime of the first, images (how many), provider, model, backend."
+)
+
 _BLOCKING = (
     "The direct endpoint takes the same payload as the job, goes through the same queue at high "
     "priority and holds the connection until the job ends; hanging up cancels the job."
@@ -212,8 +218,8 @@ TASK_DOCS: dict[str, TaskDoc] = {
         endpoint=Text("Image generation (Text2Img, Img2Img)", "Gen Ảnh (Text2Img, Img2Img)"),
         title="AHV Image",
         summary=Text(
-            "Image generation by a cloud provider: text-to-image, or image-to-image when an "
-            "input image is given.",
+            "Image generation by a cloud provider: text-to-image, or image-to-image when input "
+            "images (image_urls) are given.",
             "Gen Ảnh (Text2Img, Img2Img)",
         ),
         details=(
@@ -227,11 +233,13 @@ TASK_DOCS: dict[str, TaskDoc] = {
                 "Image to image",
                 {
                     "prompt": "the same scene as a watercolour painting",
-                    "image_url": "https://example.com/photo.jpg",
+                    "image_urls": ["https://example.com/photo.jpg"],
+                    "aspect_ratio": "3:2",
                 },
             ),
         ),
-        result="An image; meta: width, height, provider, backend.",
+        result="An image (result.url; result.files lists it with its own meta); meta: width, "
+        "height, mime, provider, model, mode, backend.",
     ),
     "ahv_video": TaskDoc(
         endpoint=Text("Video Gen (Veo 3.1 T2V/I2V)"),
@@ -254,14 +262,25 @@ TASK_DOCS: dict[str, TaskDoc] = {
                 },
             ),
         ),
-        result="An MP4; meta: width, height, duration_s, provider, backend.",
+        result="An MP4 (result.url; result.files lists it with its own meta); meta: width, "
+        "height, duration_s, fps, has_audio, provider, model, mode, backend.",
     ),
     "gg_image": TaskDoc(
         endpoint=Text("GG Image Gen (Imagen 4)"),
         title="GG Image",
         summary=Text("Image generation with Imagen 4 (GG Image Gen)."),
-        examples=(("Generate", {"prompt": "a red fox in fresh snow, telephoto"}),),
-        result="An image; meta: width, height, provider, backend.",
+        examples=(
+            ("Generate", {"prompt": "a red fox in fresh snow, telephoto"}),
+            (
+                "Several images",
+                {
+                    "prompt": "a red fox in fresh snow, telephoto",
+                    "number_of_images": 4,
+                    "aspect_ratio": "16:9",
+                },
+            ),
+        ),
+        result=_SEVERAL_IMAGES,
     ),
     "cx_image": TaskDoc(
         endpoint=Text("CX Image Gen (GPT-5.4 Image)"),
@@ -272,14 +291,24 @@ TASK_DOCS: dict[str, TaskDoc] = {
         examples=(
             ("Generate", {"prompt": "an isometric illustration of a tiny bakery"}),
             (
+                "Several images",
+                {
+                    "prompt": "an isometric illustration of a tiny bakery",
+                    "n": 3,
+                    "size": "1536x1024",
+                    "quality": "high",
+                },
+            ),
+            (
                 "Edit an image",
                 {
                     "prompt": "make the sky stormy",
-                    "image_url": "https://example.com/photo.jpg",
+                    "image_urls": ["https://example.com/photo.jpg"],
+                    "mask_url": "https://example.com/sky-mask.png",
                 },
             ),
         ),
-        result="An image; meta: width, height, provider, backend.",
+        result=_SEVERAL_IMAGES + " meta.mode: generation or edit.",
     ),
     "remove_object": TaskDoc(
         endpoint=Text("Remove an object (mask or prompt)", "Xóa vật thể (Mask/Prompt)"),
@@ -410,10 +439,14 @@ COMMON_FIELDS: dict[str, Text] = {
 }
 
 
-def field_text(task: str, name: str) -> Text | None:
+def field_text(task: str, name: str, *, common: bool = True) -> Text | None:
+    """The words for a payload field: the task's own; with `common`, else the usual meaning
+    of the field's name."""
     doc = TASK_DOCS.get(task)
     if doc is not None and name in doc.fields:
         return doc.fields[name]
+    if not common:
+        return None
     if name in COMMON_FIELDS:
         return COMMON_FIELDS[name]
     if name.endswith("_url"):

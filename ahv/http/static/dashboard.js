@@ -13,7 +13,7 @@
   const LIVE_STATS_MS = 5000;
   const LIVE_RESYNC_MS = 15000; // queue positions move without an event of their own
   const BACKENDS_MS = 4000;
-  const STREAM_IDLE_MS = 60000; // no byte (not even a keepalive) for this long: reconnect
+  const STREAM_IDLE_MS = 60000; // no byte (not even a keepalive; server.sse_keepalive_s <= 50) for this long: reconnect
   const RETRY_MIN_MS = 2000;
   const RETRY_MAX_MS = 60000;
   const LIST_LIMIT = 50;
@@ -614,6 +614,7 @@
     }
     const items = [];
     for (const [name, value] of Object.entries(doc.payload)) {
+      if (value === null) continue; // an optional field left out: the task's default
       items.push(el('dt', {}, name), el('dd', { 'data-input': name }, inputValue(value)));
     }
     box.replaceChildren(items.length ? el('dl', { class: 'facts' }, ...items) : el('p', { class: 'muted' }, 'No inputs.'));
@@ -621,6 +622,7 @@
 
   function inputValue(value) {
     if (typeof value === 'string' && isHttpUrl(value)) return link(value);
+    if (typeof value === 'string') return el('span', { class: 'text' }, value);
     if (Array.isArray(value) && value.length && value.every((v) => typeof v === 'string' && isHttpUrl(v))) {
       const list = el('ul', { class: 'links' });
       for (const url of value) list.append(el('li', {}, link(url)));
@@ -635,20 +637,15 @@
     if (key === state.outputKey) return; // unchanged: keep the loaded image or video
     state.outputKey = key;
     const parts = [];
-    const url = result && typeof result.url === 'string' && isHttpUrl(result.url) ? result.url : null;
-    if (url) {
-      const ext = (result.filename || url).split('?')[0].split('.').pop().toLowerCase();
-      if (IMAGE_EXT.has(ext)) {
-        const img = el('img', { id: 'detail-image', src: url, alt: `result of ${doc.job_id}` });
-        parts.push(el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'preview' }, img));
-      } else if (VIDEO_EXT.has(ext)) {
-        parts.push(el('video', { id: 'detail-video', src: url, controls: '', preload: 'metadata' }));
-      } else if (ext === 'json') {
-        const pre = el('pre', { id: 'detail-file-json', class: 'json' }, 'loading…');
-        parts.push(pre);
-        loadJsonFile(url, pre);
-      }
-      parts.push(el('p', {}, link(url, result.filename || url)));
+    const files = resultFiles(result);
+    if (files.length > 1) {
+      // Several outputs (cloud generation): every one, the first being result.url.
+      parts.push(el('p', { class: 'muted' }, `${files.length} files`));
+      const gallery = el('div', { class: 'gallery', id: 'detail-files' });
+      files.forEach((file, i) => gallery.append(filePreview(doc, file, i, true)));
+      parts.push(gallery);
+    } else if (files.length === 1) {
+      parts.push(filePreview(doc, files[0], 0, false));
     }
     if (result && result.meta && Object.keys(result.meta).length) {
       parts.push(el('h4', {}, 'result.meta'), el('pre', { id: 'detail-meta', class: 'json' }, pretty(result.meta)));
@@ -661,6 +658,40 @@
       parts.push(el('p', { class: 'muted' }, text));
     }
     $('detail-output').replaceChildren(...parts);
+  }
+
+  // The files of a result: `files` when the task made several, else `url` alone.
+  function resultFiles(result) {
+    if (!result) return [];
+    const files = Array.isArray(result.files) ? result.files.filter((f) => f && typeof f.url === 'string' && isHttpUrl(f.url)) : [];
+    if (files.length) return files;
+    if (typeof result.url === 'string' && isHttpUrl(result.url)) return [{ url: result.url, filename: result.filename, meta: null }];
+    return [];
+  }
+
+  // One result file: a preview by its kind (image, video, JSON) and a link. The first keeps
+  // the ids `detail-image` / `detail-video` / `detail-file-json`.
+  function filePreview(doc, file, index, several) {
+    const url = file.url;
+    const name = file.filename || url;
+    const ext = name.split('?')[0].split('.').pop().toLowerCase();
+    const id = (what) => (index === 0 ? what : null);
+    const box = el('figure', { class: 'result-file', 'data-index': String(index) });
+    if (IMAGE_EXT.has(ext)) {
+      const img = el('img', { id: id('detail-image'), src: url, alt: `result ${index + 1} of ${doc.job_id}` });
+      box.append(el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'preview' }, img));
+    } else if (VIDEO_EXT.has(ext)) {
+      box.append(el('video', { id: id('detail-video'), src: url, controls: '', preload: 'metadata' }));
+    } else if (ext === 'json') {
+      const pre = el('pre', { id: id('detail-file-json'), class: 'json' }, 'loading…');
+      box.append(pre);
+      loadJsonFile(url, pre);
+    }
+    const caption = el('figcaption', {}, link(url, name));
+    const meta = file.meta || {};
+    if (several && meta.width && meta.height) caption.append(el('small', { class: 'muted' }, ` ${meta.width}×${meta.height}`));
+    box.append(caption);
+    return box;
   }
 
   async function loadJsonFile(url, pre) {
@@ -748,10 +779,11 @@
     renderSummary(stats);
     renderTaskFilter(Object.keys(stats.predict_time_s || {}));
     const history = Array.isArray(stats.history) ? [...stats.history].sort((a, b) => a.t_ms - b.t_ms) : [];
-    drawChart($('chart-queue'), history, [{ key: 'queue_depth', kind: 'line', cls: 'line' }]);
+    drawChart($('chart-queue'), history, [{ key: 'queue_depth', label: 'most queued', kind: 'line', cls: 'line' }]);
+    // `failed` is a part of `finished` (every final status): one bar per minute, its failed
+    // or rejected part drawn over its foot.
     drawChart($('chart-finished'), history, [
-      { key: 'finished', kind: 'bar', cls: 'bar-ok' },
-      { key: 'failed', kind: 'bar', cls: 'bar-bad' },
+      { key: 'finished', label: 'finished', kind: 'bar', cls: 'bar-ok', part: { key: 'failed', label: 'failed or rejected', cls: 'bar-bad' } },
     ]);
   }
 
@@ -790,6 +822,7 @@
     const pad = { l: 34, r: 8, t: 10, b: 20 };
     const n = history.length;
     const max = Math.max(1, ...history.flatMap((p) => series.map((s) => Number(p[s.key]) || 0)));
+    const value = (p, key) => Number(p[key]) || 0;
     const x = (i) => pad.l + (i * (W - pad.l - pad.r)) / Math.max(1, n);
     const y = (v) => H - pad.b - (v * (H - pad.t - pad.b)) / max;
     const svg = svgEl('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', class: 'chart-svg' });
@@ -813,16 +846,27 @@
         const k = bars.indexOf(s);
         const width = Math.max(1, (slot - 2) / bars.length);
         history.forEach((p, i) => {
-          const v = Number(p[s.key]) || 0;
+          const v = value(p, s.key);
           if (v <= 0) return;
-          const rect = svgEl('rect', { x: (x(i) + 1 + k * width).toFixed(1), y: y(v).toFixed(1), width: width.toFixed(1), height: (y(0) - y(v)).toFixed(1), class: s.cls });
-          rect.append(svgEl('title', {}, `${clock(p.t_ms)}: ${v} ${s.key}`));
-          svg.append(rect);
+          const left = (x(i) + 1 + k * width).toFixed(1);
+          const bar = (top, cls) => svgEl('rect', { x: left, y: y(top).toFixed(1), width: width.toFixed(1), height: (y(0) - y(top)).toFixed(1), class: cls });
+          const group = svgEl('g', { 'data-t-ms': p.t_ms });
+          group.append(bar(v, s.cls));
+          let tip = `${clock(p.t_ms)}: ${v} ${s.label}`;
+          if (s.part) {
+            const part = Math.min(v, value(p, s.part.key));
+            if (part > 0) group.append(bar(part, s.part.cls));
+            tip += `, of which ${part} ${s.part.label}`;
+          }
+          group.append(svgEl('title', {}, tip));
+          svg.append(group);
         });
       }
     });
     const lastPoint = history[n - 1];
-    const now = series.map((s) => `${s.key.replace('_', ' ')} ${Number(lastPoint[s.key]) || 0}`).join(' · ');
+    const now = series
+      .map((s) => `${s.label} ${value(lastPoint, s.key)}` + (s.part ? ` (${s.part.label} ${value(lastPoint, s.part.key)})` : ''))
+      .join(' · ');
     box.replaceChildren(svg, el('p', { class: 'chart-now muted' }, `this minute: ${now}`));
   }
 
@@ -847,12 +891,35 @@
         el('td', {}, el('code', {}, b.device || '')),
         el('td', { class: 'slots' }, el('div', { class: 'progress slots-bar' }, fill), el('span', { class: 'slots-text' }, `${busy}/${slots}`)),
         el('td', { class: 'queued' }, String(b.queued ?? '')),
-        el('td', { class: 'providers' }, ...chips(b.providers)),
+        // A cloud provider's backend: which provider, and where it is reached.
+        b.kind === 'provider'
+          ? el('td', { class: 'providers' }, ...chips([b.provider || '']), el('small', { class: 'muted' }, b.base_url || ''))
+          : el('td', { class: 'providers' }, ...chips(b.providers)),
         el('td', { class: 'models' }, ...(b.models_loaded && b.models_loaded.length ? chips(b.models_loaded) : [el('span', { class: 'muted' }, 'none')])),
         el('td', { class: 'tasks' }, (b.tasks || []).join(', ')),
         el('td', { class: 'health' }, ...health),
       );
     });
+    // Cloud providers not set up in ahv.toml: their tasks cannot run until they are.
+    for (const p of body.unavailable_providers || []) {
+      const tasks = Object.keys(p.unavailable_tasks || {});
+      const health = tasks.map((task) => el('div', { class: 'warn', title: p.unavailable_tasks[task] || '' }, `${task} unavailable`));
+      rows.push(
+        el(
+          'tr',
+          { 'data-backend': `provider:${p.provider}`, class: 'unconfigured' },
+          el('td', {}, el('b', {}, p.provider)),
+          el('td', {}, 'provider'),
+          el('td', { class: 'muted' }, 'not configured'),
+          el('td', { class: 'slots muted' }, '—'),
+          el('td', { class: 'queued' }, ''),
+          el('td', { class: 'providers' }, ...chips([p.provider]), el('small', { class: 'muted' }, p.base_url || '')),
+          el('td', { class: 'models' }, ''),
+          el('td', { class: 'tasks' }, tasks.join(', ')),
+          el('td', { class: 'health' }, ...health),
+        ),
+      );
+    }
     $('backends-body').replaceChildren(...rows);
   }
 
@@ -885,9 +952,11 @@
     return svgEl('text', { x, y, 'text-anchor': anchor, class: 'tick' }, text);
   }
 
+  // An absolute http(s) URL (a prompt such as "fox" is not a link to /fox).
   function isHttpUrl(value) {
+    if (typeof value !== 'string' || !/^https?:\/\//i.test(value)) return false;
     try {
-      const url = new URL(value, window.location.href);
+      const url = new URL(value);
       return url.protocol === 'http:' || url.protocol === 'https:';
     } catch (_) {
       return false;
