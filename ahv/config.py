@@ -37,6 +37,9 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: PositiveInt = 1_048_576
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     plugins: list[str] = []
+    # Slow clients: the most a client may take to send a request's headers (from connecting,
+    # or from the end of its previous response) and, separately, its body.
+    read_timeout_s: PositiveFloat = 30.0
 
 
 class KeyConfig(_Section, frozen=True):

@@ -9,7 +9,7 @@ from aiohttp import web
 from ahv.config import Config
 from ahv.http import direct, jobs_routes, ops_routes
 from ahv.http.keys import ORCHESTRATOR
-from ahv.http.middleware import MAX_BODY_KEY, api_middleware
+from ahv.http.middleware import MAX_BODY_KEY, READ_TIMEOUT_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
 
 
@@ -21,6 +21,7 @@ def create_app(config: Config) -> web.Application:
     orchestrator = Orchestrator(config)
     app[ORCHESTRATOR] = orchestrator
     app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app[READ_TIMEOUT_KEY] = config.server.read_timeout_s
     app.add_routes(jobs_routes.routes)
     app.add_routes(ops_routes.routes)
     for spec in orchestrator.registry.values():
