@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ahv.http.middleware import PUBLIC_PATHS, PUBLIC_PREFIXES
 from tests import media as fixtures
-from tests.conftest import KEY_A, KEY_ADMIN, KEY_B, Api, Receiver, base_config, merge
+from tests.conftest import KEY_A, KEY_ADMIN, KEY_B, Api, base_config, merge
 from tests.process import AhvProcess
 from tests.test_errors import check_shape
 
@@ -278,7 +278,7 @@ async def test_redirect_chain_is_checked_on_every_hop(
 
 
 async def test_webhook_redirect_to_internal_address_is_not_followed(
-    start_server: Any, receiver: Receiver, secret_server: Any
+    start_server: Any, aiohttp_server: Any, secret_server: Any
 ) -> None:
     api: Api = await start_server(webhooks={"max_attempts": 2, "retry_base_s": 0.05})
     bounce = f"http://127.0.0.2:{secret_server.port}/hook"
@@ -286,10 +286,10 @@ async def test_webhook_redirect_to_internal_address_is_not_followed(
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect(bounce)
 
-    assert receiver.server is not None
-    receiver.server.app.router._frozen = False  # add a route to the running receiver
-    receiver.server.app.router.add_post("/bounce", redirect)
-    job = await api.submit("sleep", {"seconds": 0}, webhook_url=receiver.url("/bounce"))
+    app = web.Application()
+    app.router.add_post("/bounce", redirect)
+    receiver = await aiohttp_server(app)
+    job = await api.submit("sleep", {"seconds": 0}, webhook_url=str(receiver.make_url("/bounce")))
     await api.wait(job["job_id"])
     deadline = time.monotonic() + 10
     while True:
