@@ -77,7 +77,8 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
-    if request.body_exists:
+    if request.body_exists and not request.content.is_eof():
+        # Not all of the body is here yet (a small one usually comes with the headers).
         await _read_body(request)
     return await handler(request)
 
