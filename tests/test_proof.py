@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scripts import chaos, load, soak
 
 
+@pytest.mark.timeout(300)  # ~30 s; restarts are slow on a loaded machine
 async def test_chaos_three_kills_sixty_jobs(tmp_path: Path) -> None:
-    report = await chaos.run(
-        chaos.Options(kills=3, jobs=60, min_gap_s=0.5, max_gap_s=2.0, workdir=tmp_path)
+    options = chaos.Options(
+        kills=3, jobs=60, min_gap_s=0.5, max_gap_s=2.0, timeout_s=180, workdir=tmp_path
     )
+    report = await chaos.run(options)
     print("\n".join(report.lines()))
     assert report.failures == []
     assert (report.kills, report.jobs) == (3, 60)

@@ -539,16 +539,16 @@ async def test_slow_clients_are_cut_off(slow_server: AhvProcess) -> None:
     for name, (answer_s, received, closed_s) in results.items():
         # Headers: closed within read_timeout_s (1 s) with no answer.
         # Bodies: 408 after read_timeout_s; aiohttp then drains for at most 10 s and closes.
-        assert answer_s < 2.5, (name, answer_s)
+        assert answer_s < 3.5, (name, answer_s)
         if name.startswith(("idle", "headers")):
             assert received == b"", (name, received[:80])
-            assert closed_s < 2.5, (name, closed_s)
+            assert closed_s < 3.5, (name, closed_s)
         else:
             assert received.startswith(b"HTTP/1.1 408 "), (name, received[:80])
             payload = msgspec.json.decode(received.partition(b"\r\n\r\n")[2])
             assert payload["error"]["code"] == "request_timeout", name
             assert "server.read_timeout_s" in payload["error"]["message"]
-            assert closed_s < 13, (name, closed_s)
+            assert closed_s < 14, (name, closed_s)
     status, doc = await blocking
     assert status == 200 and doc["status"] == "succeeded"
     # And a normal request still works on the same server.
