@@ -262,7 +262,6 @@ async def submit_one(
     live: Live,
     index: int,
     body: bytes,
-    webhook: str,
     done: Submitted,
 ) -> None:
     """Submit until acknowledged; a kill mid-request is retried with the same key."""
@@ -306,7 +305,7 @@ async def submit_all(
             await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
             request = {"task": job.task, "payload": job.payload, "webhook_url": webhook}
             body = json.dumps(request).encode()
-            tasks.append(asyncio.create_task(submit_one(session, live, index, body, webhook, done)))
+            tasks.append(asyncio.create_task(submit_one(session, live, index, body, done)))
         await asyncio.gather(*tasks)
 
 

@@ -141,7 +141,7 @@ def server_config(data_dir: Path, options: Options) -> dict[str, Any]:
     )
 
 
-def judge(status: int, headers: Any, raw: bytes) -> str | None:
+def judge(headers: Any, raw: bytes) -> str | None:
     """What is wrong with a 429 answer (None when it is as documented)."""
     retry_after = headers.get("Retry-After", "")
     if not retry_after.isdigit() or int(retry_after) < 1:
@@ -173,7 +173,7 @@ async def send(
             raw = await response.read()
             status = str(response.status)
             if response.status == 429:
-                problem = judge(response.status, response.headers, raw)
+                problem = judge(response.headers, raw)
             elif response.status == 202:
                 if "job_id" not in json.loads(raw):
                     problem = f"202 without a job_id: {raw[:100]!r}"
