@@ -25,6 +25,12 @@ class Caller:
 
 class KeyRing:
     def __init__(self, keys: list[KeyConfig]) -> None:
+        self._entries: list[tuple[bytes, Caller]] = []
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last refill)
+        self.replace(keys)
+
+    def replace(self, keys: list[KeyConfig]) -> None:
+        """Take a new set of keys (reload); rate buckets of the names that stay are kept."""
         self._entries = [
             (
                 bytes.fromhex(key.key_sha256) if key.key_sha256 else _digest(key.key),
@@ -32,7 +38,8 @@ class KeyRing:
             )
             for key in keys
         ]
-        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last refill)
+        names = {caller.name for _, caller in self._entries}
+        self._buckets = {name: b for name, b in self._buckets.items() if name in names}
 
     def authenticate(self, presented: str | None) -> Caller:
         if not presented:

@@ -1,4 +1,5 @@
-"""`ahv serve`, `ahv check-config`, `ahv models list|fetch`; also `python -m ahv`."""
+"""`ahv serve`, `ahv check-config`, `ahv models list|fetch`, `ahv backup`; also
+`python -m ahv`."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ import sys
 
 from aiohttp import web
 
+from ahv import __version__
 from ahv.config import Config, ConfigError, load_config
 from ahv.errors import StartupError
+from ahv.logging_setup import FORMATS, LEVELS
 
 log = logging.getLogger("ahv")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ahv", description="self-hosted AI orchestrator")
+    parser.add_argument("--version", action="version", version=f"ahv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
     serve.add_argument("--port", type=int, help="override server.port (0 = any free port)")
     serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--log-format", choices=FORMATS, help="override server.log_format")
+    serve.add_argument("--log-level", choices=LEVELS, help="override server.log_level")
     check = commands.add_parser("check-config", help="validate ahv.toml and exit")
     check.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
     models = commands.add_parser("models", help="the model files named in ahv.toml")
@@ -32,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     models_fetch = models_commands.add_parser("fetch", help="download a model from its url")
     models_fetch.add_argument("name", help="a model name in [models.files]")
     models_fetch.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    backup = commands.add_parser("backup", help="copy the queue database, also while serving")
+    backup.add_argument("path", help="the file to write (PATH.part first, then renamed)")
+    backup.add_argument("--config", default="ahv.toml", help="path to ahv.toml")
+    backup.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command != "serve":
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     try:
         config = load_config(args.config)
         if args.command == "check-config":
@@ -47,26 +58,46 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "models":
             return _models(config, args.models_command, getattr(args, "name", ""))
-        overrides = {"port": args.port, "host": args.host}
-        server = config.server
-        import msgspec
+        if args.command == "backup":
+            return _backup(config, args.path, args.force)
+        from ahv.reload import with_overrides
 
-        server = msgspec.structs.replace(
-            server, **{k: v for k, v in overrides.items() if v is not None}
-        )
-        config = msgspec.structs.replace(config, server=server)
+        overrides = {
+            "port": args.port,
+            "host": args.host,
+            "log_format": args.log_format,
+            "log_level": args.log_level,
+        }
+        config = with_overrides(config, overrides)
     except ConfigError as exc:
         print(f"ahv: config error: {exc}", file=sys.stderr)
         return 2
+    from ahv.logging_setup import setup_logging
+
+    logs = setup_logging(config.server.log_format, config.server.log_level)
     _install_uvloop()
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.config, overrides))
     except ConfigError as exc:
         print(f"ahv: config error: {exc}", file=sys.stderr)
         return 2
     except StartupError as exc:
         print(f"ahv: cannot start: {exc}", file=sys.stderr)
         return 2
+    finally:
+        logs.close()  # writes out the queued log lines
+    return 0
+
+
+def _backup(config: Config, path: str, force: bool) -> int:
+    from ahv.backup import BackupError, backup_database
+
+    try:
+        done = backup_database(config.server.data_dir, path, force=force)
+    except BackupError as exc:
+        print(f"ahv: backup: {exc}", file=sys.stderr)
+        return 2
+    print(f"backup: {done.path}: {done.jobs} jobs, {done.size_bytes / 1e6:.1f} MB")
     return 0
 
 
@@ -116,9 +147,11 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, config_path: str, overrides: dict[str, object]) -> None:
     from ahv.http.app import create_app
     from ahv.http.keys import ORCHESTRATOR
+    from ahv.reload import Reloader
+    from ahv.sdnotify import notify
 
     app = create_app(config)
     # keepalive_timeout bounds the wait for a request's headers as well as idle keep-alive
@@ -141,7 +174,13 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP (systemctl reload): re-read ahv.toml, apply what can change while running.
+    loop.add_signal_handler(
+        signal.SIGHUP, Reloader(app[ORCHESTRATOR], config_path, overrides).trigger
+    )
+    notify("READY=1")
     await stop.wait()
+    notify("STOPPING=1")
     log.info("stopping: no new jobs; running jobs get %s s", config.server.shutdown_grace_s)
     await app[ORCHESTRATOR].drain()
     log.info("stopping: delivering due webhooks")

@@ -16,8 +16,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ahv.providers.config import ProvidersConfig, check_providers
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
 
 
@@ -37,6 +40,14 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: PositiveInt = 1_048_576
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     plugins: list[str] = []
+    # Seconds between keepalive comments on an idle event stream (GET /v1/events, ...).
+    sse_keepalive_s: PositiveFloat = 15.0
+    # `Authorization: Bearer <token>` accepted on GET /metrics; empty = admin keys only.
+    metrics_token: str = ""
+    # Log lines as plain text or one JSON object a line (for log shippers); `ahv serve
+    # --log-format` and `--log-level` win over these.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Slow clients: the most a client may take to send a request's headers (from connecting,
     # or from the end of its previous response) and, separately, its body.
     read_timeout_s: PositiveFloat = 30.0
@@ -92,6 +103,23 @@ class LimitsConfig(_Section, frozen=True):
     max_input_pixels: PositiveInt = 50_000_000
     max_output_pixels: PositiveInt = 100_000_000
     max_side: PositiveInt = 16_384
+    # New jobs get 503 `disk_full` while the data dir's disk has less free space (0 = off).
+    min_free_disk_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class RetentionTaskConfig(_Section, frozen=True):
+    # Per-task overrides of [retention]; a key left out keeps the section's value.
+    files_s: NonNegativeFloat | None = None
+    jobs_s: NonNegativeFloat | None = None
+
+
+class RetentionConfig(_Section, frozen=True):
+    # Result files and finished job records are removed this long after the job ended
+    # (0 = kept for ever); a record outlives its files (jobs_s >= files_s).
+    files_s: NonNegativeFloat = 7 * 86400.0
+    jobs_s: NonNegativeFloat = 30 * 86400.0
+    sweep_interval_s: PositiveFloat = 60.0
+    tasks: dict[str, RetentionTaskConfig] = {}
 
 
 class ModelFileConfig(_Section, frozen=True):
@@ -187,7 +215,10 @@ class Config(_Section, frozen=True):
     video: VideoConfig = VideoConfig()
     images: ImageModelsConfig = ImageModelsConfig()
     batching: BatchingConfig = BatchingConfig()
+    retention: RetentionConfig = RetentionConfig()
     backends: list[BackendConfig] = []
+    # Cloud APIs for the generation tasks (ahv/providers/config.py).
+    providers: ProvidersConfig = ProvidersConfig()
 
 
 _DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
@@ -260,6 +291,25 @@ def _check(config: Config) -> list[str]:
     if config.server.public_url and not re.match(r"^https?://", config.server.public_url):
         problems.append("server.public_url: must start with http:// or https://")
     problems += _check_models(config.models)
+    problems += check_providers(config.providers, backend_names)
+    problems += _check_retention(config.retention)
+    return problems
+
+
+def _check_retention(retention: RetentionConfig) -> list[str]:
+    problems: list[str] = []
+    rules = [("retention", retention.files_s, retention.jobs_s)]
+    for task, rule in retention.tasks.items():
+        files_s = retention.files_s if rule.files_s is None else rule.files_s
+        jobs_s = retention.jobs_s if rule.jobs_s is None else rule.jobs_s
+        rules.append((f"retention.tasks.{task}", files_s, jobs_s))
+    for where, files_s, jobs_s in rules:
+        # 0 = for ever: a record kept for ever may keep its files; a record never outlived.
+        if jobs_s and (not files_s or jobs_s < files_s):
+            problems.append(
+                f"{where}.jobs_s: job records must be kept at least as long as their files "
+                f"(jobs_s {jobs_s:g} < files_s {files_s or 'for ever (0)'})"
+            )
     return problems
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from ahv.api_types import ErrorBody, ErrorDetail
+
 
 class AhvError(Exception):
     def __init__(
@@ -52,4 +56,8 @@ def invalid_payload(field: str, problem: str) -> AhvError:
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"code": code, "message": message}}
+    # Built through the Struct that /openapi.json documents; a dict for web.json_response.
+    body: dict[str, Any] = msgspec.to_builtins(
+        ErrorBody(ok=False, error=ErrorDetail(code, message))
+    )
+    return body

@@ -36,6 +36,9 @@ _ADAM7 = (
     (0, 1, 1, 2),
 )
 _UNSUPPORTED = "not a supported image (JPEG, PNG, WebP, BMP, TIFF or single-frame GIF)"
+# Models that judge the picture (detectors, matting) see transparent pixels as this flat gray,
+# the letterbox fill YOLO is trained on: whatever colour lies under alpha 0 is not shown.
+VISIBLE_GRAY = 114
 
 Pixels = npt.NDArray[np.uint8]
 
@@ -104,6 +107,19 @@ def encode_image(pixels: Pixels, *, has_alpha: bool, jpeg_quality: int = 95) -> 
     if not ok:
         raise AhvError("internal_error", f"could not encode the result as {extension}", status=500)
     return EncodedImage(buffer.tobytes(), extension, content_type)
+
+
+def flatten_alpha(pixels: Pixels, gray: int = VISIBLE_GRAY) -> Pixels:
+    """The BGR picture as shown: BGRA composited over a flat gray (BGR is returned as is).
+
+    Detection and matting run on this, so that an object hidden under fully transparent
+    pixels (editors often keep the colour there) is neither found nor matted; tasks that
+    return pixels keep working on the colour and carry the alpha through."""
+    if pixels.ndim != 3 or pixels.shape[2] != 4:
+        return pixels
+    alpha = pixels[..., 3:4].astype(np.uint32)
+    mixed = (pixels[..., :3] * alpha + gray * (255 - alpha) + 127) // 255
+    return np.ascontiguousarray(mixed, dtype=np.uint8)
 
 
 def _open(data: bytes, field: str) -> ImageFile.ImageFile:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, cast
 
 import msgspec
+from msgspec import UNSET
 
+from ahv.api_types import ErrorDetail, JobDocument, JobResult, JobStatus
 from ahv.timeutil import iso, ms
 
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-REJECTED = "rejected"
-CANCELED = "canceled"
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+REJECTED: Final = "rejected"
+CANCELED: Final = "canceled"
 
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, REJECTED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, CANCELED})
 
 # Error codes that mean "refused by a content filter" end a job as `rejected`, not `failed`.
-REJECTION_CODES = frozenset({"nsfw_blocked"})
+# `content_blocked`: a cloud provider's safety system refused the prompt, an input or the result.
+REJECTION_CODES = frozenset({"nsfw_blocked", "content_blocked"})
 
 
 class JobRow(msgspec.Struct, kw_only=True):
@@ -63,36 +66,39 @@ class JobRow(msgspec.Struct, kw_only=True):
         return round((self.finished_us - self.started_us) / 1e6, 6)
 
 
-def job_document(job: JobRow, *, queue_position: int | None = None) -> dict[str, Any]:
-    """The seed's webhook body minus the event envelope; the same fields on GET."""
-    failed = job.status in (FAILED, REJECTED, CANCELED)
+def job_document(
+    job: JobRow, *, queue_position: int | None = None, expires_us: int | None = None
+) -> JobDocument:
+    """The seed's webhook body minus the event envelope; the same fields on GET.
+    `expires_us`: when the job's result files expire (ahv/retention.py), for final jobs."""
     predict = _predict_number(job.predict_time)
-    doc: dict[str, Any] = {
-        "job_id": job.id,
-        "task": job.task,
-        "status": job.status,
-        "progress": job.progress,
-        "ok": not failed,
-        "created_at": iso(job.created_us),
-        "created_at_ms": ms(job.created_us),
-        "queued_at": iso(job.queued_us),
-        "queued_at_ms": ms(job.queued_us),
-        "started_at": iso(job.started_us),
-        "started_at_ms": ms(job.started_us),
-        "finished_at": iso(job.finished_us),
-        "finished_at_ms": ms(job.finished_us),
-        "duration": job.duration_s,
-        "predict_time": predict,
-        "eta_utc": iso(job.eta_us),
-        "result": job.result,
-        "error": job.error,
-        "predictTime": predict,
-        "priority": job.priority,
-        "attempts": job.attempts,
-    }
-    if job.status == QUEUED:
-        doc["queue_position"] = queue_position
-    return doc
+    return JobDocument(
+        job_id=job.id,
+        task=job.task,
+        status=cast(JobStatus, job.status),
+        progress=job.progress,
+        ok=job.status not in (FAILED, REJECTED, CANCELED),
+        created_at=iso(job.created_us),
+        created_at_ms=ms(job.created_us),
+        queued_at=iso(job.queued_us),
+        queued_at_ms=ms(job.queued_us),
+        started_at=iso(job.started_us),
+        started_at_ms=ms(job.started_us),
+        finished_at=iso(job.finished_us),
+        finished_at_ms=ms(job.finished_us),
+        duration=job.duration_s,
+        predict_time=predict,
+        eta_utc=iso(job.eta_us),
+        # Stored as JSON objects; typed here so that what is sent is what the schema says.
+        result=None if job.result is None else msgspec.convert(job.result, JobResult),
+        error=None if job.error is None else msgspec.convert(job.error, ErrorDetail),
+        predictTime=predict,
+        priority=job.priority,
+        attempts=job.attempts,
+        expires_at=iso(expires_us),
+        expires_at_ms=ms(expires_us),
+        queue_position=queue_position if job.status == QUEUED else UNSET,
+    )
 
 
 def _predict_number(seconds: float) -> float | int:

@@ -14,20 +14,26 @@ from typing import Annotated, Any
 
 import msgspec
 
+import ahv
+from ahv.api_types import BackendReport, BatchingStats, HistoryBucket, JobDocument, Stats
 from ahv.auth import Caller, KeyRing
 from ahv.config import Config
+from ahv.diskguard import DiskGuard
 from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
 from ahv.jobs import QUEUED, RUNNING, JobRow, job_document
 from ahv.models.registry import ModelRegistry
 from ahv.models.sessions import SessionCache
 from ahv.netguard import AddressPolicy, check_url, make_client_session
+from ahv.providers.hub import ProviderHub
+from ahv.retention import Sweeper, expires_us
 from ahv.scheduler.predict import Predictor
 from ahv.scheduler.scheduler import Scheduler
-from ahv.store import IdempotencyConflict, Store
+from ahv.store import IdempotencyConflict, OutboxEvent, Store
 from ahv.tasks import TaskSpec, load_registry
 from ahv.timeutil import now_us
-from ahv.webhooks import EVENTS, WebhookSender
+from ahv.watch import JobWatch
+from ahv.webhooks import EVENTS, FINISHED, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,11 @@ class Orchestrator:
             gpu_mem_limit_mb=config.models.gpu_mem_limit_mb,
             require_gpu={b.device for b in config.backends if b.require_gpu},
         )
+        # Cloud providers (ahv/providers/): the tasks each one runs, keys read at start.
+        self.providers = ProviderHub(
+            config,
+            {n: s.provider(config) for n, s in self.registry.items() if s.provider is not None},
+        )
         self.predictor = Predictor(
             {name: spec.default_predict_s for name, spec in self.registry.items()},
             config.queue.keep_durations,
@@ -82,11 +93,22 @@ class Orchestrator:
         self._waiters: dict[str, list[asyncio.Future[JobRow]]] = {}
         self._scheduler: Scheduler | None = None
         self._webhooks: WebhookSender | None = None
+        # Live event streams, metrics and stats history, fed by every job change.
+        self.watch = JobWatch(
+            store=self.store,
+            document=self.document,
+            version=ahv.__version__,
+            tasks=sorted(self.registry),
+            batch_sizes=self.sessions.batch_sizes,
+        )
+        self.disk = DiskGuard(data_dir)
+        self.sweeper = Sweeper(self.store, self.files_dir, lambda: self.config.retention)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._check_devices()  # first: a refused start leaves nothing open
+        await self.providers.start()  # reads key files: a missing one refuses the start
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for partial in self.files_dir.glob("*.part"):
             partial.unlink(missing_ok=True)  # outputs of jobs cut off by a crash
@@ -96,7 +118,11 @@ class Orchestrator:
         self.predictor.seed(await self.store.recent_durations(self.config.queue.keep_durations))
         self._http = make_client_session(self.policy)
         self._webhooks = WebhookSender(
-            config=self.config, store=self.store, http=self._http, policy=self.policy
+            config=self.config,
+            store=self.store,
+            http=self._http,
+            policy=self.policy,
+            on_attempt=self.watch.metrics.webhook_attempt,
         )
         self._scheduler = Scheduler(
             config=self.config,
@@ -110,9 +136,13 @@ class Orchestrator:
             public_url=lambda: self.public_url,
             on_finished=self._on_finished,
             sessions=self.sessions,
+            providers=self.providers,
+            on_change=self.watch.changed,
         )
         await self._scheduler.start()
+        self.watch.seed([key.name for key in self.config.keys])
         await self._webhooks.start()
+        await self.sweeper.start()
 
     async def drain(self) -> None:
         """First half of a graceful stop, while HTTP still answers: refuse new jobs (503) and
@@ -124,12 +154,25 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Drain if not done yet, deliver due webhooks, close the store."""
+        self.watch.hub.close()
         await self.drain()
+        await self.sweeper.stop()
         if self._webhooks is not None:
             await self._webhooks.stop(self.config.webhooks.flush_on_shutdown_s)
         await self._http.close()
+        await self.providers.close()
         await self.store.close()
         self.sessions.clear()
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
+        while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
+        self.config = config
+        self.keys.replace(config.keys)
+        if self._webhooks is not None:
+            self._webhooks.apply_config(config)
+        if self._scheduler is not None:
+            self._scheduler.apply_config(config)
 
     async def _check_devices(self) -> None:
         """Learn which providers each backend's device really runs (a trivial session, no
@@ -204,6 +247,7 @@ class Orchestrator:
             existing = await self.store.find_idempotent(caller.name, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash, idempotency_key)
+        self.disk.check(self.config.limits.min_free_disk_mb)
         self._check_capacity(caller)
         now = now_us()
         job = JobRow(
@@ -229,6 +273,20 @@ class Orchestrator:
             return self._replay(exc.existing, request_hash, idempotency_key)
         if created:
             self.scheduler.wake()
+            self.watch.changed("submitted", row)
+            log.info(
+                "job %s: submitted %s (priority %d)",
+                row.id,
+                row.task,
+                row.priority,
+                extra={
+                    "job_id": row.id,
+                    "task": row.task,
+                    "owner": row.owner,
+                    "priority": row.priority,
+                    "event": "submitted",
+                },
+            )
         return row, created
 
     @staticmethod
@@ -248,6 +306,9 @@ class Orchestrator:
             raise AhvError(
                 "unknown_task", f"task: unknown task {task!r} (known: {known})", status=422
             )
+        missing_provider = self.providers.unavailable_reason(task)
+        if missing_provider is not None:
+            raise AhvError("model_unavailable", f"task: {missing_provider}", status=422)
         if self.scheduler.slots_for(task) == 0:
             raise AhvError(
                 "task_unavailable", f"task: no backend in ahv.toml serves {task!r}", status=422
@@ -320,9 +381,9 @@ class Orchestrator:
             raise AhvError("job_not_found", f"no job {job_id!r}", status=404)
         return job
 
-    def document(self, job: JobRow) -> dict[str, Any]:
+    def document(self, job: JobRow) -> JobDocument:
         if job.status != QUEUED:
-            return job_document(job)
+            return job_document(job, expires_us=expires_us(self.config.retention, job))
         position = self.store.queue_position(job)
         eta = self.scheduler.eta_us(job.task, position, now_us())
         return job_document(msgspec.structs.replace(job, eta_us=eta), queue_position=position)
@@ -345,7 +406,34 @@ class Orchestrator:
                 job = await self.wait_finished(job.id, stop_wait_s) or job
         if job.result and job.result.get("filename"):
             (self.files_dir / str(job.result["filename"])).unlink(missing_ok=True)
+        for extra in (job.result or {}).get("files") or []:  # tasks with several results
+            (self.files_dir / str(extra["filename"])).unlink(missing_ok=True)
         await self.store.delete(job)
+        self.watch.deleted(job)
+        log.info(
+            "job %s: deleted",
+            job.id,
+            extra={"job_id": job.id, "task": job.task, "event": "deleted"},
+        )
+
+    async def redeliver(self, caller: Caller, job_id: str) -> OutboxEvent:
+        """Send a finished job's `job.finished` event again, now: the same event (webhook-id
+        and body, so receivers deduplicate), attempts from 0, delivered or given up before."""
+        job = await self.visible_job(caller, job_id)
+        if not job.is_terminal:
+            raise AhvError(
+                "not_finished",
+                f"job {job_id} is {job.status}; it has no job.finished event yet",
+                status=409,
+            )
+        event = None
+        if job.webhook_url:
+            event = await self.store.outbox_redeliver(job.id, FINISHED, now_us())
+        if event is None:
+            raise AhvError("no_webhook", f"job {job_id} has no webhook_url", status=409)
+        if self._webhooks is not None:
+            self._webhooks.wake()
+        return event
 
     # -- waiting for the end of a job -------------------------------------------------------------
 
@@ -367,13 +455,14 @@ class Orchestrator:
                 self._waiters.pop(job_id, None)
 
     def _on_finished(self, job: JobRow) -> None:
+        self.watch.changed("finished", job)
         for future in self._waiters.pop(job.id, []):
             if not future.done():
                 future.set_result(job)
 
     # -- what /stats and /diag show ----------------------------------------------------------------
 
-    async def stats(self, caller: Caller) -> dict[str, Any]:
+    async def stats(self, caller: Caller) -> Stats:
         recent = await self.store.list_jobs(
             owner=None if caller.is_admin else caller.name,
             status=None,
@@ -381,43 +470,52 @@ class Orchestrator:
             limit=20,
             before_seq=None,
         )
-        return {
-            "ok": True,
-            "counts": await self.store.counts_by_status(None if caller.is_admin else caller.name),
-            "queue_depth": self.store.queued_count,
-            "running": self.scheduler.running_count,
-            "mean_duration_s": self.predictor.mean_durations(),
-            "predict_time_s": {t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
-            "webhooks": await self.store.outbox_counts(),
-            "recent": [self.document(job) for job in recent],
-        }
+        return Stats(
+            ok=True,
+            counts=await self.store.counts_by_status(None if caller.is_admin else caller.name),
+            queue_depth=self.store.queued_count,
+            running=self.scheduler.running_count,
+            mean_duration_s=self.predictor.mean_durations(),
+            predict_time_s={t: math.ceil(self.predictor.predict_s(t)) for t in self.registry},
+            webhooks=await self.store.outbox_counts(),
+            recent=[self.document(job) for job in recent],
+            # Per minute, the last hour (in memory, since the server started).
+            history=msgspec.convert(
+                self.watch.history.view(now_us() // 1000, None if caller.is_admin else caller.name),
+                list[HistoryBucket],
+            ),
+        )
 
-    async def backends(self) -> list[dict[str, Any]]:
+    async def backends(self) -> list[BackendReport]:
         queued = await self.store.queued_by_task()
         unavailable = await asyncio.to_thread(self._unavailable_tasks)  # may hash a new file
         rows = []
         for backend in self.scheduler.backends:
+            device = backend.config.device
             rows.append(
-                {
-                    "name": backend.config.name,
-                    "kind": backend.kind,
-                    "device": backend.config.device,
-                    "slots": backend.config.slots,
-                    "busy": len(backend.busy),
-                    "running_jobs": sorted(backend.busy.values()),
-                    "queued": sum(queued.get(task, 0) for task in backend.tasks),
-                    "tasks": backend.tasks,
+                BackendReport(
+                    name=backend.config.name,
+                    kind=backend.kind,
+                    device=device,
+                    slots=backend.config.slots,
+                    busy=len(backend.busy),
+                    running_jobs=sorted(backend.busy.values()),
+                    queued=sum(queued.get(task, 0) for task in backend.tasks),
+                    tasks=backend.tasks,
                     # What ONNX Runtime really runs on this device (probed at start, then
                     # updated from each session), not what was asked for.
-                    "providers": self.sessions.providers(backend.config.device),
-                    "degraded": self.sessions.degraded(backend.config.device),
-                    "models_loaded": self.sessions.loaded(backend.config.device),
-                    "batching": self.sessions.batching(backend.config.device),
-                    "unavailable_tasks": {
+                    providers=self.sessions.providers(device),
+                    degraded=self.sessions.degraded(device),
+                    models_loaded=self.sessions.loaded(device),
+                    batching=msgspec.convert(
+                        self.sessions.batching(device), dict[str, BatchingStats]
+                    ),
+                    unavailable_tasks={
                         task: reason
                         for task, reason in unavailable.items()
                         if task in backend.tasks
                     },
-                }
+                    **self.providers.diag(backend.config.device),
+                )
             )
         return rows

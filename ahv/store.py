@@ -30,7 +30,7 @@ from typing import IO, Any, TypeVar
 import msgspec
 
 from ahv.errors import StartupError
-from ahv.jobs import CANCELED, QUEUED, RUNNING, JobRow
+from ahv.jobs import CANCELED, QUEUED, RUNNING, TERMINAL, JobRow
 
 T = TypeVar("T")
 
@@ -90,6 +90,22 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX outbox_due ON outbox(next_attempt_us) WHERE state = 'pending';
     CREATE INDEX outbox_job ON outbox(job_id);
     """,
+    # Retention (ahv/retention.py): which succeeded jobs still have their result file, and
+    # the names of expired files, so that GET /files answers 410 rather than 404.
+    """
+    ALTER TABLE jobs ADD COLUMN files_expired INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_files_live ON jobs(finished_us)
+        WHERE status = 'succeeded' AND files_expired = 0;
+    CREATE INDEX jobs_finished ON jobs(finished_us) WHERE finished_us IS NOT NULL;
+    CREATE INDEX outbox_done ON outbox(created_us) WHERE state != 'pending';
+    CREATE TABLE expired_files (
+        name TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        expired_us INTEGER NOT NULL
+    );
+    CREATE INDEX expired_files_job ON expired_files(job_id);
+    CREATE INDEX expired_files_when ON expired_files(expired_us);
+    """,
 ]
 
 _JOB_COLUMNS = [f for f in JobRow.__struct_fields__]
@@ -143,6 +159,17 @@ def _from_row(row: sqlite3.Row) -> JobRow:
             values[name] = msgspec.json.decode(values[name])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return msgspec.convert(values, JobRow)
+
+
+def _result_file_names(result: bytes | None) -> list[str]:
+    """Every result file of a job: `result.filename` and those of `result.files` (tasks with
+    several outputs)."""
+    decoded = msgspec.json.decode(result) if result else None
+    if not isinstance(decoded, dict):
+        return []
+    names = [decoded.get("filename")]
+    names += [f.get("filename") for f in decoded.get("files") or [] if isinstance(f, dict)]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
 
 
 def _from_outbox_row(row: sqlite3.Row) -> OutboxEvent:
@@ -517,7 +544,12 @@ class Store:
         return bool(cursor.rowcount)
 
     async def delete(self, job: JobRow) -> None:
-        await self._transaction(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job.id,)))
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+            # A deleted job's expired file is a plain 404, like its other files.
+            conn.execute("DELETE FROM expired_files WHERE job_id = ?", (job.id,))
+
+        await self._transaction(run)
         self._mirror_remove(job.rank_ms, job.seq)
 
     async def running_jobs(self) -> list[JobRow]:
@@ -601,11 +633,131 @@ class Store:
         )
         return [_from_outbox_row(r) for r in rows]
 
+    async def outbox_redeliver(self, job_id: str, event: str, now_us: int) -> OutboxEvent | None:
+        """Make the job's latest `event` delivery pending again, due now, attempts from 0,
+        keeping its event_id and body (receivers deduplicate on them). None if it has none."""
+
+        def run(conn: sqlite3.Connection) -> OutboxEvent | None:
+            row = conn.execute(
+                "SELECT id FROM outbox WHERE job_id = ? AND event = ? ORDER BY id DESC LIMIT 1",
+                (job_id, event),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                """UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_us = ?,
+                   delivered_us = NULL WHERE id = ?""",
+                (now_us, row[0]),
+            )
+            return _from_outbox_row(
+                conn.execute("SELECT * FROM outbox WHERE id = ?", (row[0],)).fetchone()
+            )
+
+        return await self._transaction(run)
+
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._call(
             lambda c: c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         )
         return {state: count for state, count in rows}
+
+    # -- retention (ahv/retention.py) ----------------------------------------------------
+    # A task group is one task (`task`), or every task but the ones with their own rules
+    # (`task=None`, `exclude`). Each call handles at most `limit` jobs in one short
+    # transaction, so that submissions are not held up behind a long sweep.
+
+    @staticmethod
+    def _group_filter(task: str | None, exclude: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+        if task is not None:
+            return "task = ?", (task,)
+        if not exclude:
+            return "1 = 1", ()
+        return f"task NOT IN ({', '.join('?' for _ in exclude)})", tuple(exclude)
+
+    async def expire_files(
+        self, task: str | None, exclude: Sequence[str], before_us: int, now_us: int, limit: int
+    ) -> tuple[list[str], int]:
+        """Mark the result files of jobs of a group that finished before `before_us` as
+        expired (a tombstone per file name); returns (file names to remove, jobs marked)."""
+        where, params = self._group_filter(task, exclude)
+
+        def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            rows = conn.execute(
+                f"""SELECT seq, id, result FROM jobs WHERE status = 'succeeded'
+                    AND files_expired = 0 AND finished_us < ? AND {where} LIMIT ?""",
+                (before_us, *params, limit),
+            ).fetchall()
+            tombstones: list[tuple[str, str, int]] = []
+            for _, job_id, result in rows:
+                tombstones += [(name, job_id, now_us) for name in _result_file_names(result)]
+            conn.executemany(
+                "INSERT OR REPLACE INTO expired_files (name, job_id, expired_us) VALUES (?, ?, ?)",
+                tombstones,
+            )
+            conn.executemany(
+                "UPDATE jobs SET files_expired = 1 WHERE seq = ?", [(r[0],) for r in rows]
+            )
+            return [name for name, _, _ in tombstones], len(rows)
+
+        return await self._transaction(run)
+
+    async def purge_jobs(
+        self, task: str | None, exclude: Sequence[str], before_us: int, limit: int
+    ) -> tuple[list[str], int]:
+        """Delete finished jobs of a group that ended before `before_us`, with their outbox
+        rows and tombstones; a job with a webhook still pending stays. Returns (result files
+        not yet expired, to remove; jobs deleted)."""
+        where, params = self._group_filter(task, exclude)
+        final = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
+
+        def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            rows = conn.execute(
+                f"""SELECT seq, id, result, files_expired FROM jobs
+                    WHERE finished_us IS NOT NULL AND finished_us < ? AND status IN ({final})
+                    AND {where} AND NOT EXISTS (SELECT 1 FROM outbox
+                        WHERE outbox.job_id = jobs.id AND outbox.state = 'pending')
+                    LIMIT ?""",
+                (before_us, *params, limit),
+            ).fetchall()
+            files: list[str] = []
+            for _, _, result, files_expired in rows:
+                if not files_expired:
+                    files += _result_file_names(result)
+            ids = [(r[1],) for r in rows]
+            conn.executemany("DELETE FROM outbox WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM expired_files WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(r[0],) for r in rows])
+            return files, len(rows)
+
+        return await self._transaction(run)
+
+    async def purge_leftovers(self, before_us: int, limit: int) -> int:
+        """Delivered or failed outbox rows and tombstones older than `before_us` whose job
+        was deleted through the API (those of expired jobs go with them)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            outbox = conn.execute(
+                """DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                   WHERE state != 'pending' AND created_us < ? LIMIT ?)""",
+                (before_us, limit),
+            ).rowcount
+            tombstones = conn.execute(
+                """DELETE FROM expired_files WHERE name IN (SELECT name FROM expired_files
+                   WHERE expired_us < ? LIMIT ?)""",
+                (before_us, limit),
+            ).rowcount
+            return int(outbox) + int(tombstones)
+
+        return await self._transaction(run)
+
+    async def expired_file(self, name: str) -> int | None:
+        """When the result file `name` was removed by retention (µs), or None."""
+        row = await self._call(
+            lambda c: c.execute(
+                "SELECT expired_us FROM expired_files WHERE name = ?", (name,)
+            ).fetchone()
+        )
+        return None if row is None else int(row[0])
 
 
 __all__ = ["CANCELED", "IdempotencyConflict", "OutboxEvent", "Store"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -13,6 +14,10 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@overload
+def iso(us: int) -> str: ...
+@overload
+def iso(us: int | None) -> str | None: ...
 def iso(us: int | None) -> str | None:
     """`2026-02-04T18:04:19.463754+00:00`, always with microseconds, as the seed shows."""
     if us is None:
@@ -29,5 +34,9 @@ def _iso_second(seconds: int) -> str:
     )
 
 
+@overload
+def ms(us: int) -> int: ...
+@overload
+def ms(us: int | None) -> int | None: ...
 def ms(us: int | None) -> int | None:
     return None if us is None else us // 1000

@@ -20,17 +20,20 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
 import aiohttp
 import msgspec
 import yarl
 
+from ahv.api_types import EventName, WebhookEnvelope
 from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.ids import new_id
 from ahv.jobs import JobRow, job_document
 from ahv.netguard import AddressPolicy, check_url
+from ahv.retention import expires_us
 from ahv.store import OutboxEvent, Store
 from ahv.timeutil import iso, now_us
 
@@ -57,9 +60,14 @@ def sign(secret: bytes, event_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def event_body(event: str, event_id: str, job: JobRow) -> bytes:
-    envelope: dict[str, Any] = {"event": event, "event_id": event_id, "ts": iso(now_us())}
-    return msgspec.json.encode({**envelope, **job_document(job)})
+def event_body(event: str, event_id: str, job: JobRow, expires_us: int | None = None) -> bytes:
+    envelope = WebhookEnvelope(event=cast(EventName, event), event_id=event_id, ts=iso(now_us()))
+    return msgspec.json.encode(
+        {
+            **msgspec.to_builtins(envelope),
+            **msgspec.to_builtins(job_document(job, expires_us=expires_us)),
+        }
+    )
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -84,12 +92,16 @@ class WebhookSender:
         store: Store,
         http: aiohttp.ClientSession,
         policy: AddressPolicy,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config.webhooks
+        # Told of each job.finished attempt's outcome: delivered, failed_attempt, gave_up.
+        self._on_attempt = on_attempt or (lambda result: None)
         self._store = store
         self._http = http
         self._policy = policy
         self._secrets = {key.name: secret_bytes(key.webhook_secret) for key in config.keys}
+        self._retention = config.retention
         self._wake = asyncio.Event()
         self._running = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -97,6 +109,13 @@ class WebhookSender:
         self._host_in_flight: Counter[str] = Counter()
         self._ephemeral: set[asyncio.Task[None]] = set()
         self._last_progress_s: dict[str, float] = {}
+
+    def apply_config(self, config: Config) -> None:
+        """Reload: new settings and secrets for deliveries from now on. A removed key's
+        secret is kept, so the webhooks of its jobs still pending are signed as promised."""
+        self._config = config.webhooks
+        self._retention = config.retention
+        self._secrets.update({k.name: secret_bytes(k.webhook_secret) for k in config.keys})
 
     # -- events ----------------------------------------------------------------------------
 
@@ -114,7 +133,7 @@ class WebhookSender:
                 event=FINISHED,
                 url=job.webhook_url,
                 host=yarl.URL(job.webhook_url).host or "",
-                body=event_body(FINISHED, event_id, job),
+                body=event_body(FINISHED, event_id, job, expires_us(self._retention, job)),
                 next_attempt_us=now,
                 created_us=now,
             )
@@ -214,14 +233,55 @@ class WebhookSender:
             retryable = 300 <= status < 400 or status >= 500 or status in _RETRY_STATUSES
         if error == "url_not_allowed":
             retryable = False
+        fields = {
+            "job_id": event.job_id,
+            "event_id": event.event_id,
+            "webhook_event": event.event,
+            "host": event.host,  # not the URL: its query may hold the receiver's token
+            "status_code": status,
+            "attempt": event.attempts,
+        }
         if status is not None and 200 <= status < 300:
             event.state = "delivered"
             event.delivered_us = now_us()
+            log.info(
+                "job %s: webhook %s delivered (HTTP %s, attempt %d)",
+                event.job_id,
+                event.event_id,
+                status,
+                event.attempts,
+                extra={**fields, "event": "webhook_delivered"},
+            )
+            self._on_attempt("delivered")
         elif retryable and event.attempts < self._config.max_attempts:
-            event.next_attempt_us = now_us() + int(self._backoff_s(event, retry_after) * 1e6)
+            delay_s = self._backoff_s(event, retry_after)
+            event.next_attempt_us = now_us() + int(delay_s * 1e6)
+            log.info(
+                "job %s: webhook %s attempt %d failed (%s), retrying in %.1f s",
+                event.job_id,
+                event.event_id,
+                event.attempts,
+                error,
+                delay_s,
+                extra={
+                    **fields,
+                    "event": "webhook_retry",
+                    "error": error,
+                    "retry_in_s": round(delay_s, 3),
+                },
+            )
+            self._on_attempt("failed_attempt")
         else:
             event.state = "failed"
-            log.warning("webhook %s for job %s failed for good", event.event_id, event.job_id)
+            log.warning(
+                "job %s: webhook %s failed for good after %d attempts (%s)",
+                event.job_id,
+                event.event_id,
+                event.attempts,
+                error,
+                extra={**fields, "event": "webhook_failed", "error": error},
+            )
+            self._on_attempt("gave_up")
         # If shutdown cancels us before this write, the event stays pending and is sent
         # again after the restart: at least once, under the same webhook-id.
         await self._store.outbox_record(event)

@@ -32,6 +32,14 @@ def astronaut_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "astronaut.png"
 
 
+def t1_path() -> Path:
+    """insightface's group photo (1280x886 JPEG, six faces)."""
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("insightface is not installed")
+    return Path(spec.origin).parent / "data" / "images" / "t1.jpg"
+
+
 @functools.cache
 def _astronaut_file() -> bytes:
     return astronaut_path().read_bytes()
@@ -88,7 +96,12 @@ def _store_for_orientation(upright: npt.NDArray[np.uint8], orientation: int) -> 
 
 
 def exif_rotated_jpeg(orientation: int) -> bytes:
-    stored = _store_for_orientation(np.asarray(exif_upright()), orientation)
+    return exif_jpeg(np.asarray(exif_upright()), orientation)
+
+
+def exif_jpeg(upright_rgb: npt.NDArray[np.uint8], orientation: int) -> bytes:
+    """A JPEG whose pixels are stored so that applying `orientation` gives `upright_rgb` back."""
+    stored = _store_for_orientation(upright_rgb, orientation)
     exif = Image.Exif()
     exif[_ORIENTATION_TAG] = orientation
     image = Image.fromarray(np.ascontiguousarray(stored))

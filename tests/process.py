@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,14 @@ class AhvProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self, timeout_s: float = 20) -> str:
+    def start(self, timeout_s: float = 20, extra_args: Sequence[str] = ()) -> str:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ahv", "serve", "--config", str(self.config_path)],
+            [
+                sys.executable,
+                *("-m", "ahv", "serve", "--config", str(self.config_path)),
+                *extra_args,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -73,7 +73,9 @@ def _documented_keys(struct: type[msgspec.Struct], prefix: str) -> list[tuple[st
             else None
         )
         if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
-            found += _documented_keys(hint, f"[{name}]")
+            # A nested section (`[providers.google]`) is named by its whole path.
+            path = ".".join(part for part in (prefix.strip("[]"), name) if part)
+            found += _documented_keys(hint, f"[{path}]")
         elif isinstance(value, type) and issubclass(value, msgspec.Struct):
             found += _documented_keys(value, f"[{prefix.strip('[]')}.{name}.NAME]")
         elif isinstance(inner, type) and issubclass(inner, msgspec.Struct):

@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ahv.config import Config
-from ahv.http import direct, jobs_routes, ops_routes
+from ahv.http import (
+    deliveries_routes,
+    direct,
+    events_routes,
+    jobs_routes,
+    metrics_routes,
+    openapi,
+    ops_routes,
+    pages,
+)
 from ahv.http.keys import ORCHESTRATOR
 from ahv.http.middleware import MAX_BODY_KEY, READ_TIMEOUT_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
@@ -24,11 +33,17 @@ def create_app(config: Config) -> web.Application:
     app[READ_TIMEOUT_KEY] = config.server.read_timeout_s
     app.add_routes(jobs_routes.routes)
     app.add_routes(ops_routes.routes)
+    app.add_routes(deliveries_routes.routes)
+    app.add_routes(metrics_routes.routes)
+    events_routes.setup(app)
+    app.add_routes(openapi.routes)
+    app[openapi.DOCUMENT] = openapi.OpenApi(orchestrator.registry, config)
     for spec in orchestrator.registry.values():
         if spec.direct_path is not None:
             app.router.add_post(spec.direct_path, direct.direct_handler(spec.name))
     if "faceswap" in orchestrator.registry:
         app.router.add_post("/faceswap", direct.direct_handler(direct.face_task_for))
+    pages.setup(app, orchestrator.registry, config)  # GET /, /dashboard, /static/*
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.start()

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ahv.api_types import Deleted, JobList
 from ahv.errors import AhvError
 from ahv.http.keys import caller, orchestrator
 from ahv.jobs import STATUSES
@@ -73,7 +74,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     next_cursor = str(jobs[-1].seq) if len(jobs) == limit else None
     return json_response(
-        {"ok": True, "jobs": [app.document(j) for j in jobs], "next_cursor": next_cursor}
+        JobList(ok=True, jobs=[app.document(j) for j in jobs], next_cursor=next_cursor)
     )
 
 
@@ -93,7 +94,11 @@ def _int_param(value: str, name: str, low: int, high: int) -> int:
 async def get_job(request: web.Request) -> web.Response:
     app = orchestrator(request)
     job = await app.visible_job(caller(request), request.match_info["job_id"])
-    return json_response(app.document(job))
+    # The job's own inputs too (the dashboard shows them); not in lists, events or webhooks.
+    # Only here: the dashboard shows a job's inputs; lists and webhooks stay lean.
+    return json_response(
+        msgspec.structs.replace(app.document(job), payload=msgspec.json.decode(job.payload))
+    )
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
@@ -108,25 +113,4 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     await orchestrator(request).delete(caller(request), job_id)
-    return json_response({"ok": True, "job_id": job_id, "deleted": True})
-
-
-@routes.get("/v1/jobs/{job_id}/webhooks")
-async def job_webhooks(request: web.Request) -> web.Response:
-    app = orchestrator(request)
-    job = await app.visible_job(caller(request), request.match_info["job_id"])
-    deliveries = [
-        {
-            "event_id": e.event_id,
-            "event": e.event,
-            "url": e.url,
-            "state": e.state,
-            "attempts": e.attempts,
-            "last_status": e.last_status,
-            "last_error": e.last_error,
-            "next_attempt_at_ms": e.next_attempt_us // 1000 if e.state == "pending" else None,
-            "delivered_at_ms": None if e.delivered_us is None else e.delivered_us // 1000,
-        }
-        for e in await app.store.outbox_for_job(job.id)
-    ]
-    return json_response({"ok": True, "job_id": job.id, "deliveries": deliveries})
+    return json_response(Deleted(ok=True, job_id=job_id, deleted=True))

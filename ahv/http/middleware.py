@@ -15,8 +15,11 @@ from ahv.http.keys import CALLER, orchestrator
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PREFIXES = ("/healthz", "/files/")
-PUBLIC_PATHS = frozenset({"/", "/docs"})
+PUBLIC_PREFIXES = ("/healthz", "/files/", "/static/")
+# The docs and the dashboard page hold no secrets; the dashboard asks for a key itself.
+PUBLIC_PATHS = frozenset({"/", "/docs", "/dashboard", "/openapi.json"})
+# Paths that check credentials themselves (/metrics also takes a bearer token).
+SELF_AUTHENTICATED = frozenset({"/metrics"})
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -55,7 +58,10 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         elif exc.status == 413:
             limit = request.app[_MAX_BODY]
             message = f"request body is larger than the limit of {limit} bytes"
-        return error_response(AhvError(code, message, status=exc.status))
+        response = error_response(AhvError(code, message, status=exc.status))
+        if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
@@ -66,6 +72,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
+def is_public(path: str) -> bool:
+    """Served without an X-API-Key (/openapi.json documents routes by this too)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = orchestrator(request)
     if not app.seen_base_url and request.transport is not None:
@@ -73,8 +84,9 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
         host, port = request.transport.get_extra_info("sockname")[:2]
         host = f"[{host}]" if ":" in host else host
         app.seen_base_url = f"http://{host}:{port}"
-    path = request.path
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+    if is_public(request.path):
+        return await handler(request)
+    if request.path in SELF_AUTHENTICATED:
         return await handler(request)
     request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
     if request.body_exists and not request.content.is_eof():

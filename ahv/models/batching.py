@@ -17,6 +17,7 @@ counted (`stats()`: batches, items, mean batch size).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ class BatchedSession:
         self._open: dict[_GroupKey, _Batch] = {}
         self._batches = 0
         self._items = 0
+        self._sizes: Counter[int] = Counter()  # runs per batch size, for /metrics
 
     def __getattr__(self, name: str) -> Any:
         # get_inputs, get_outputs, get_modelmeta, get_providers, ...
@@ -71,10 +73,16 @@ class BatchedSession:
         mean = round(items / batches, 3) if batches else 0.0
         return {"batches": batches, "items": items, "mean_batch": mean}
 
+    def sizes(self) -> Counter[int]:
+        """How many session runs had each batch size."""
+        with self._lock:
+            return Counter(self._sizes)
+
     def _count(self, items: int) -> None:
         with self._lock:
             self._batches += 1
             self._items += items
+            self._sizes[items] += 1
 
     def run(
         self, output_names: Sequence[str] | None, feeds: Mapping[str, Any], *args: Any

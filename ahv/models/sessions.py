@@ -33,11 +33,16 @@ a time, so there it batches only concurrent calls made within one job.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import importlib.util
+import io
 import logging
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +126,30 @@ def _session_options() -> ort.SessionOptions:
     return options
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of NVIDIA's pip wheels (`pip install '.[gpu]'`),
+    once: onnxruntime-gpu finds them in site-packages only after this call, else the CUDA
+    provider fails to load and the device runs on the CPU. Libraries installed system-wide
+    need nothing; where none are found the probe reports the device degraded."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or importlib.util.find_spec("nvidia") is None:
+        return
+    said = io.StringIO()  # onnxruntime prints its own warnings; they go to the log instead
+    try:
+        with contextlib.redirect_stdout(said):
+            preload(directory="")
+    except OSError as exc:
+        log.warning("preloading NVIDIA's CUDA libraries failed: %s", exc)
+    if said.getvalue().strip():
+        log.warning("preloading NVIDIA's CUDA libraries: %s", said.getvalue().strip())
+
+
 def probe_device(device: str, *, gpu_mem_limit_mb: int = 0) -> tuple[list[str], str | None]:
     """(providers actually active, degraded reason or None) for a trivial session on
     `device`, created from an in-memory model at start-up."""
+    if device.startswith("cuda"):
+        preload_cuda_libraries()
     try:
         session = ort.InferenceSession(
             identity_model(), providers=providers_for(device, gpu_mem_limit_mb=gpu_mem_limit_mb)
@@ -222,6 +248,15 @@ class SessionCache:
             row["batches"] += stats["batches"]
             row["items"] += stats["items"]
             row["mean_batch"] = round(row["items"] / row["batches"], 3) if row["batches"] else 0.0
+        return totals
+
+    def batch_sizes(self) -> dict[str, Counter[int]]:
+        """{model: {batch size: runs}} over every device and slot (for /metrics)."""
+        with self._shared.lock:
+            wrappers = [(k[1], w) for k, w in self._shared.batched.items()]
+        totals: dict[str, Counter[int]] = {}
+        for model, wrapper in wrappers:
+            totals.setdefault(model, Counter()).update(wrapper.sizes())
         return totals
 
     def get_file(self, path: Path, device: str, *, slot: str | None = None) -> ort.InferenceSession:

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import msgspec
+from msgspec import UNSET, UnsetType
 
+from ahv.api_types import FileEntry, JobResult
 from ahv.config import BackendConfig, Config
 from ahv.errors import AhvError, JobCanceled
 from ahv.jobs import CANCELED, FAILED, QUEUED, REJECTION_CODES, RUNNING, SUCCEEDED, JobRow
@@ -33,6 +35,7 @@ from ahv.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from ahv.models.sessions import SessionCache
+    from ahv.providers.hub import ProviderHub
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class Backend:
 
     @property
     def kind(self) -> str:
+        if self.config.device.startswith("provider:"):
+            return "provider"
         return "cuda" if self.config.device.startswith("cuda") else "cpu"
 
 
@@ -52,6 +57,14 @@ class Backend:
 class _Running:
     job: JobRow
     ctx: TaskContext
+
+
+def _fields(job: JobRow, event: str | None = None) -> dict[str, Any]:
+    """The structured fields of a job's log line (JSON logs, ahv/logging_setup.py)."""
+    fields: dict[str, Any] = {"job_id": job.id, "task": job.task}
+    if event is not None:
+        fields["event"] = event
+    return fields
 
 
 def _retrieve(future: asyncio.Future[TaskOutput]) -> None:
@@ -76,6 +89,8 @@ class Scheduler:
         public_url: Callable[[], str],
         on_finished: Callable[[JobRow], None],
         sessions: SessionCache | None = None,
+        providers: ProviderHub | None = None,
+        on_change: Callable[[Any, JobRow], None] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -88,11 +103,22 @@ class Scheduler:
         self._public_url = public_url
         self._on_finished = on_finished
         self._sessions = sessions
-        self.backends = [Backend(b, [t for t in b.tasks if t in registry]) for b in config.backends]
+        # Told of each change of a job but its end (claimed, progress, requeued): the live
+        # events, metrics and history (ahv/watch.py); the end goes through on_finished.
+        self._on_change = on_change or (lambda kind, job: None)
+        self._providers = providers
+        # Each configured cloud provider is one more backend, serving only its own tasks.
+        extra = providers.backend_configs() if providers is not None else []
+        self.backends = [
+            Backend(b, [t for t in b.tasks if t in registry]) for b in [*config.backends, *extra]
+        ]
         total_slots = sum(b.config.slots for b in self.backends)
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, total_slots), thread_name_prefix="ahv-work"
         )
+        self._executor_size = max(1, total_slots)
+        self._old_executors: list[ThreadPoolExecutor] = []  # outgrown on reload; joined on stop
+        self._slot_workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._claiming = True
         self._workers: list[asyncio.Task[None]] = []
@@ -120,8 +146,36 @@ class Scheduler:
         await self.recover()
         for backend in self.backends:
             for slot in range(1, backend.config.slots + 1):
-                worker = asyncio.create_task(self._worker(backend, slot))
-                self._workers.append(worker)
+                self._start_worker(backend, slot)
+
+    def _start_worker(self, backend: Backend, slot: int) -> None:
+        worker = asyncio.create_task(self._worker(backend, slot))
+        self._workers.append(worker)
+        self._slot_workers[(backend.config.name, slot)] = worker
+
+    def apply_config(self, config: Config) -> None:
+        """Reload: jobs claimed from now on get the new settings; running ones keep theirs.
+        More slots start workers at once; fewer let the extra workers finish their job and
+        then stop (a worker checks its slot number against the count before each claim)."""
+        self._config = config
+        new = {b.name: b for b in config.backends}
+        for backend in self.backends:
+            backend.config = new.get(backend.config.name, backend.config)
+            backend.tasks = [t for t in backend.config.tasks if t in self._registry]
+        total_slots = sum(b.config.slots for b in self.backends)
+        if total_slots > self._executor_size:  # the thread pool cannot grow in place
+            self._old_executors.append(self._executor)
+            self._executor = ThreadPoolExecutor(
+                max_workers=total_slots, thread_name_prefix="ahv-work"
+            )
+            self._executor_size = total_slots
+        if self._claiming:
+            for backend in self.backends:
+                for slot in range(1, backend.config.slots + 1):
+                    worker = self._slot_workers.get((backend.config.name, slot))
+                    if worker is None or worker.done():
+                        self._start_worker(backend, slot)
+        self._wake.set()  # idle workers above the new count stop now
 
     async def recover(self) -> None:
         """After a crash: jobs left `running` are requeued, or failed with `worker_lost`
@@ -130,7 +184,12 @@ class Scheduler:
             if job.cancel_requested:
                 await self._finish(job, CANCELED, None, None, expect=RUNNING)
             elif job.attempts < job.max_attempts:
-                log.warning("job %s: requeued after a crash (attempt %d)", job.id, job.attempts)
+                log.warning(
+                    "job %s: requeued after a crash (attempt %d)",
+                    job.id,
+                    job.attempts,
+                    extra=_fields(job, "requeued"),
+                )
                 await self._store.requeue(job, run_after_us=0, refund_attempt=False)
             else:
                 error = {
@@ -150,7 +209,8 @@ class Scheduler:
         for running in list(self._running.values()):
             running.ctx.cancel("shutdown")
         await asyncio.gather(*self._workers, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        for executor in (*self._old_executors, self._executor):
+            executor.shutdown(wait=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -166,6 +226,7 @@ class Scheduler:
             job = await self._store.get(job.id) or job
         if job.status == RUNNING:
             await self._store.request_cancel(job.id)
+            log.info("job %s: cancel requested", job.id, extra=_fields(job, "cancel_requested"))
             running = self._running.get(job.id)
             if running is not None:
                 running.ctx.cancel("canceled")
@@ -177,8 +238,8 @@ class Scheduler:
 
     async def _worker(self, backend: Backend, slot: int) -> None:
         slot_name = f"{backend.config.name}-{slot}"
-        poll_s = self._config.queue.poll_interval_s
-        while self._claiming:
+        while self._claiming and slot <= backend.config.slots:
+            poll_s = self._config.queue.poll_interval_s
             self._wake.clear()
             try:
                 job = await self._store.claim(
@@ -191,12 +252,15 @@ class Scheduler:
                 log.exception("claim failed on %s", slot_name)
                 job = None
             if job is None:
+                if slot > backend.config.slots:
+                    break  # fewer slots since the last claim began (reload)
                 try:
                     await asyncio.wait_for(self._wake.wait(), poll_s)
                 except TimeoutError:
                     pass
                 continue
             backend.busy[slot] = job.id
+            self._on_change("claimed", job)
             try:
                 await self._run(job, backend, slot_name)
             except Exception:
@@ -222,6 +286,7 @@ class Scheduler:
             attempt=job.attempts,
             # On CUDA each slot has its own sessions, hence its own stream (ahv/models/sessions.py).
             sessions=self._sessions.for_slot(slot_name) if self._sessions is not None else None,
+            providers=self._providers,
         )
         self._running[job.id] = _Running(job, ctx)
         if job.id in self._early_cancels or job.cancel_requested:
@@ -229,7 +294,20 @@ class Scheduler:
             ctx.cancel("canceled")
         self._webhooks.send_ephemeral(job, "job.started")
         timeout_s = self._config.queue.timeouts_s.get(job.task, self._config.queue.task_timeout_s)
-        log.info("job %s: running %s on %s (attempt %d)", job.id, job.task, slot_name, job.attempts)
+        log.info(
+            "job %s: running %s on %s (attempt %d)",
+            job.id,
+            job.task,
+            slot_name,
+            job.attempts,
+            extra={
+                "job_id": job.id,
+                "task": job.task,
+                "backend": slot_name,
+                "attempt": job.attempts,
+                "event": "started",
+            },
+        )
         runner: asyncio.Future[TaskOutput] | None = None
         try:
             payload = msgspec.json.decode(job.payload, type=spec.payload_type)
@@ -248,7 +326,7 @@ class Scheduler:
             else:
                 await self._failed(job, ctx, exc.to_dict())
         except Exception as exc:
-            log.exception("job %s: task %s crashed", job.id, job.task)
+            log.exception("job %s: task %s crashed", job.id, job.task, extra=_fields(job))
             error = {"code": "internal_error", "message": f"{type(exc).__name__} in {job.task}"}
             await self._failed(job, ctx, error)
         else:
@@ -276,7 +354,11 @@ class Scheduler:
             if ctx.cancel_reason is not None:
                 give_up_at = min(give_up_at, now + self._config.queue.cancel_wait_s)
                 if now >= give_up_at:
-                    log.warning("job %s: the task did not stop; ending the job", ctx.job_id)
+                    log.warning(
+                        "job %s: the task did not stop; ending the job",
+                        ctx.job_id,
+                        extra={"job_id": ctx.job_id, "task": ctx.task},
+                    )
                     break
             stop_signal: asyncio.Future[Any] = asyncio.ensure_future(ctx.stopping.wait())
             try:
@@ -300,11 +382,21 @@ class Scheduler:
 
     async def _succeeded(self, job: JobRow, ctx: TaskContext, output: TaskOutput) -> None:
         meta = {**output.meta, "backend": ctx.backend}
-        result: dict[str, Any] = {"ok": True, "status": SUCCEEDED, "url": None, "filename": None}
-        if output.filename is not None:
-            result["url"] = f"{self._public_url()}/files/{output.filename}"
-            result["filename"] = output.filename
-        result["meta"] = meta
+        url = None if output.filename is None else f"{self._public_url()}/files/{output.filename}"
+        files: list[FileEntry] | UnsetType = UNSET
+        if output.files:  # tasks with several results: each file with its own meta
+            files = [
+                FileEntry(
+                    url=f"{self._public_url()}/files/{f.filename}", filename=f.filename, meta=f.meta
+                )
+                for f in output.files
+            ]
+        # Built through the documented type, stored (and later sent) as its JSON object.
+        result: dict[str, Any] = msgspec.to_builtins(
+            JobResult(
+                ok=True, status=SUCCEEDED, url=url, filename=output.filename, meta=meta, files=files
+            )
+        )
         finished = await self._finish(job, SUCCEEDED, result, None, expect=RUNNING, progress=100)
         if finished is None:  # deleted while it ran: its files go too
             self._remove_files(ctx)
@@ -319,8 +411,11 @@ class Scheduler:
     async def _stopped(self, job: JobRow, ctx: TaskContext) -> None:
         self._remove_files(ctx)
         if ctx.cancel_reason == "shutdown":
-            log.info("job %s: interrupted by shutdown, requeued", job.id)
+            log.info(
+                "job %s: interrupted by shutdown, requeued", job.id, extra=_fields(job, "requeued")
+            )
             await self._store.requeue(job, run_after_us=0, refund_attempt=True)
+            await self._requeued(job.id)
             return
         await self._finish(job, CANCELED, None, None, expect=RUNNING)
 
@@ -329,11 +424,30 @@ class Scheduler:
         queue = self._config.queue
         delay_s = min(queue.retry_max_s, queue.retry_base_s * 2 ** (job.attempts - 1))
         delay_s *= random.uniform(0.5, 1.5)
-        log.info("job %s: %s, retrying in %.1f s", job.id, exc.code, delay_s)
+        if exc.retry_after_s is not None:  # the provider's Retry-After, up to retry_max_s
+            delay_s = max(delay_s, min(exc.retry_after_s, queue.retry_max_s))
+        log.info(
+            "job %s: %s, retrying in %.1f s",
+            job.id,
+            exc.code,
+            delay_s,
+            extra={
+                **_fields(job, "retried"),
+                "error_code": exc.code,
+                "attempt": job.attempts,
+                "retry_in_s": round(delay_s, 3),
+            },
+        )
         retried = msgspec.structs.replace(job, error=exc.to_dict())
         await self._store.requeue(
             retried, run_after_us=now_us() + int(delay_s * 1e6), refund_attempt=False
         )
+        await self._requeued(job.id)
+
+    async def _requeued(self, job_id: str) -> None:
+        job = await self._store.get(job_id)
+        if job is not None and job.status == QUEUED:
+            self._on_change("requeued", job)
 
     async def _finish(
         self,
@@ -356,7 +470,21 @@ class Scheduler:
         events = self._webhooks.finished_events(final)
         if not await self._store.finish(final, events, expect_status=expect):
             return None
-        log.info("job %s: %s", job.id, status)
+        code = None if error is None else error.get("code")
+        log.info(
+            "job %s: %s%s%s",
+            job.id,
+            status,
+            "" if code is None else f" ({code})",
+            "" if final.duration_s is None else f" in {final.duration_s:.3f} s",
+            extra={
+                **_fields(job, "finished"),
+                "status": status,
+                "error_code": code,
+                "duration_s": final.duration_s,
+                "attempt": job.attempts,
+            },
+        )
         self._on_finished(final)
         if events:
             self._webhooks.wake()
@@ -367,6 +495,7 @@ class Scheduler:
         if running is None or percent <= running.job.progress:
             return
         running.job = msgspec.structs.replace(running.job, progress=percent)
+        self._on_change("progress", running.job)
         write = asyncio.ensure_future(self._store.set_progress(job.id, percent))
         self._background.add(write)
         write.add_done_callback(self._background.discard)

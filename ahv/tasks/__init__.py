@@ -12,6 +12,8 @@ def builtin_tasks() -> list[TaskSpec]:
     from ahv.tasks.background import REMOVE_BACKGROUND
     from ahv.tasks.faceswap import FACESWAP, FACESWAP_MULTI
     from ahv.tasks.faceswap_video import FACESWAP_VIDEO
+    from ahv.tasks.gen_images import AHV_IMAGE, CX_IMAGE, GG_IMAGE
+    from ahv.tasks.gen_video import AHV_VIDEO
     from ahv.tasks.objects import REMOVE_OBJECT, SCAN_OBJECTS
     from ahv.tasks.upscale import UPSCALE
 
@@ -23,6 +25,10 @@ def builtin_tasks() -> list[TaskSpec]:
         REMOVE_BACKGROUND,
         SCAN_OBJECTS,
         REMOVE_OBJECT,
+        AHV_IMAGE,
+        AHV_VIDEO,
+        GG_IMAGE,
+        CX_IMAGE,
     ]
 
 
@@ -47,9 +53,18 @@ def load_registry(config: Config) -> dict[str, TaskSpec]:
                 raise ConfigError(
                     f"backends[{i}].tasks: unknown task {task!r} (known tasks: {known})"
                 )
+            provider = registry[task].provider
+            if provider is not None:  # provider tasks run on their provider's backend only
+                raise ConfigError(
+                    f"backends[{i}].tasks: {task!r} runs on a cloud provider "
+                    f"([providers.{provider(config)}]), not on a cpu/cuda backend"
+                )
     for task in config.queue.timeouts_s:
         if task not in registry:
             raise ConfigError(f"queue.timeouts_s: unknown task {task!r}")
+    for task in config.retention.tasks:
+        if task not in registry:
+            raise ConfigError(f"retention.tasks: unknown task {task!r}")
     return registry
 
 

@@ -1,9 +1,9 @@
 """`remove_background`: a cut-out with alpha, from a matting model (`images.matting`).
 
 The matte (U2Net/ISNet/BiRefNet/MODNet family, see ahv.models.matting) is computed on the
-upright image and resized back to it. The result is an RGBA PNG whose alpha is matte × 255,
-multiplied with the input's own alpha when it has one; with `bg_color` it is a JPEG of the
-image composited over that flat colour instead.
+upright image as shown (transparent pixels over flat gray) and resized back to it. The result
+is an RGBA PNG whose alpha is matte × 255, multiplied with the input's own alpha when it has
+one; with `bg_color` it is a JPEG of the image composited over that flat colour instead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
-from ahv.imaging import decode_image, encode_image
+from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.matting import Matting
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
 
@@ -115,7 +115,7 @@ async def run_remove_background(ctx: TaskContext, payload: RemoveBackgroundPaylo
             family=images.matting_family,
             size=images.matting_size,
         )
-        matte = matting.matte(image.pixels)
+        matte = matting.matte(flatten_alpha(image.pixels))
         ctx.progress(70)
         pixels = cut_out(image.pixels, matte, has_alpha=image.has_alpha, bg_bgr=bg_bgr)
         ctx.checkpoint()
@@ -143,10 +143,10 @@ async def run_remove_background(ctx: TaskContext, payload: RemoveBackgroundPaylo
 REMOVE_BACKGROUND = TaskSpec(
     name="remove_background",
     payload_type=RemoveBackgroundPayload,
-    run=run_remove_background,  # type: ignore[arg-type]
+    run=run_remove_background,
     url_fields=("image_url",),
     direct_path="/remove-background",
     default_predict_s=3.0,
-    validate=_validate,  # type: ignore[arg-type]
+    validate=_validate,
     models=_needs,
 )

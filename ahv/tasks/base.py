@@ -22,9 +22,17 @@ from ahv.netguard import AddressPolicy
 
 if TYPE_CHECKING:  # onnxruntime is imported only where sessions are used
     from ahv.models.sessions import SessionCache
+    from ahv.providers.hub import ProviderHub
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class OutputFile(msgspec.Struct, kw_only=True):
+    """One of several result files: its name and its own meta (width, height, mime, ...)."""
+
+    filename: str
+    meta: dict[str, Any] = {}
 
 
 class TaskOutput(msgspec.Struct, kw_only=True):
@@ -32,6 +40,9 @@ class TaskOutput(msgspec.Struct, kw_only=True):
 
     filename: str | None = None
     meta: dict[str, Any] = {}
+    # A task that makes several files lists them all here (`result.files`); `filename` is
+    # the first of them.
+    files: list[OutputFile] = []
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,9 @@ class TaskSpec:
     # Names in ahv.toml [models.files] the task needs (None: none). A task whose models are
     # missing or corrupt is listed as unavailable in /diag/backends.
     models: Callable[[Config], list[str]] | None = None
+    # The cloud provider that runs the task (None: a local task). Such a task runs only on
+    # that provider's backend, never on a cpu/cuda one (ahv/providers/hub.py).
+    provider: Callable[[Config], str] | None = None
 
 
 @dataclass
@@ -70,6 +84,8 @@ class TaskContext:
     attempt: int = 1
     # ONNX Runtime sessions, cached across jobs; the view of this job's slot.
     sessions: SessionCache | None = None
+    # The configured cloud providers, for provider tasks.
+    providers: ProviderHub | None = None
     cancel_reason: str | None = None
     runner: asyncio.Future[Any] | None = None
     saved_files: list[str] = field(default_factory=list)

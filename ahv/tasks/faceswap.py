@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.imageops import METHOD, plan_upscale, resize_lanczos, sharpen
-from ahv.imaging import decode_image, encode_image
+from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.face import (
     ArcFace,
     Face,
@@ -131,13 +131,19 @@ def swap_images(
     decode = partial(decode_image, max_pixels=limits.max_input_pixels, max_side=limits.max_side)
     fields = [name for name, _ in payload.sources()]
     target = decode(target_data, field="target_url")
+    # Sources are only looked at, never returned: the picture as shown is all that counts.
     sources = [
-        decode(data, field=field).pixels for data, field in zip(source_data, fields, strict=True)
+        flatten_alpha(decode(data, field=field).pixels)
+        for data, field in zip(source_data, fields, strict=True)
     ]
     pixels = shrink_to_max_side(target.pixels, payload.max_side)
     _output_size(ctx, payload, pixels)  # refuse a too large result before any model runs
     alpha = pixels[..., 3:] if target.has_alpha else None
     image = np.ascontiguousarray(pixels[..., :3])
+    # Faces are looked for in the target as shown (a face under alpha 0 is not there) and
+    # swapped into its colour channels; the alpha is carried through. The content filter sees
+    # the colour channels: they are what the result file holds, hidden or not.
+    shown = flatten_alpha(pixels)
     ctx.progress(30)
     models = load_face_models(ctx)
     if models.nsfw is not None:
@@ -146,7 +152,7 @@ def swap_images(
             models.nsfw.check(source[..., :3], field)
     ctx.checkpoint()
     min_px = ctx.config.faceswap.min_face_px
-    target_faces = big_enough(models.detector.detect(image), min_px)
+    target_faces = big_enough(models.detector.detect(shown), min_px)
     source_faces = [big_enough(models.detector.detect(s[..., :3]), min_px) for s in sources]
     ctx.progress(50)
     _require_faces(target_faces, "target_url")
@@ -257,7 +263,7 @@ def _spec(name: str) -> TaskSpec:
     return TaskSpec(
         name=name,
         payload_type=FaceSwapPayload,
-        run=run_faceswap,  # type: ignore[arg-type]
+        run=run_faceswap,
         url_fields=("target_url", "source_url"),
         list_url_fields=("source_urls",),
         direct_path=None,

@@ -276,11 +276,11 @@ async def run_faceswap_video(ctx: TaskContext, payload: FaceSwapVideoPayload) ->
 FACESWAP_VIDEO = TaskSpec(
     name="faceswap_video",
     payload_type=FaceSwapVideoPayload,
-    run=run_faceswap_video,  # type: ignore[arg-type]
+    run=run_faceswap_video,
     url_fields=("target_url", "source_url"),
     list_url_fields=("source_urls",),
     direct_path="/faceswap/video",
     default_predict_s=60.0,
-    validate=_validate,  # type: ignore[arg-type]
+    validate=_validate,
     models=needed_models,
 )

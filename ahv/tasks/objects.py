@@ -1,8 +1,9 @@
 """`scan_objects` and `remove_object`: a YOLO detector's boxes, and inpainting an object away.
 
 `scan_objects` decodes the image (EXIF orientation applied, so boxes are in the upright
-picture's pixels), runs the `objects.detector` model and returns the detections as JSON in
-`result.meta` (no file, unless `draw` asks for an annotated JPEG).
+picture's pixels; transparent pixels shown as flat gray, so nothing under alpha 0 is found),
+runs the `objects.detector` model and returns the detections as JSON in `result.meta` (no
+file, unless `draw` asks for an annotated JPEG).
 
 `remove_object` builds a mask (white = remove) from `mask_url`, or from `prompt`: the boxes of
 the detections whose class name matches, grown by `dilate_px`; then inpaints it with the
@@ -24,7 +25,7 @@ import numpy.typing as npt
 
 from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
-from ahv.imaging import decode_image, encode_image
+from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.inpaint import CLASSICAL, LAMA, LamaInpainter, classical_inpaint
 from ahv.models.yolo import Detection, YoloDetector
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
@@ -163,7 +164,7 @@ def _decode(ctx: TaskContext, data: bytes, field: str) -> tuple[Image, bool]:
 
 def scan(ctx: TaskContext, payload: ScanPayload, data: bytes) -> TaskOutput:
     pixels, _ = _decode(ctx, data, "image_url")
-    image = np.ascontiguousarray(pixels[..., :3])
+    image = flatten_alpha(pixels)
     height, width = image.shape[:2]
     ctx.progress(30)
     detector = load_detector(ctx, payload.min_score)
@@ -242,7 +243,7 @@ def remove(
             raise AhvError("invalid_mask", "mask_url: the mask is empty")
         default_dilate = 0
     else:
-        mask, chosen = prompt_mask(ctx, image, prompt_labels(payload.prompt))
+        mask, chosen = prompt_mask(ctx, flatten_alpha(pixels), prompt_labels(payload.prompt))
         meta["objects"] = object_rows(chosen)
         default_dilate = ctx.config.objects.mask_dilate_px
     grow = default_dilate if payload.dilate_px is None else payload.dilate_px
@@ -286,21 +287,21 @@ async def run_remove(ctx: TaskContext, payload: RemovePayload) -> TaskOutput:
 SCAN_OBJECTS = TaskSpec(
     name="scan_objects",
     payload_type=ScanPayload,
-    run=run_scan,  # type: ignore[arg-type]
+    run=run_scan,
     url_fields=("image_url",),
     direct_path="/scan-objects",
     default_predict_s=2.0,
-    validate=_validate_scan,  # type: ignore[arg-type]
+    validate=_validate_scan,
     models=scan_models,
 )
 
 REMOVE_OBJECT = TaskSpec(
     name="remove_object",
     payload_type=RemovePayload,
-    run=run_remove,  # type: ignore[arg-type]
+    run=run_remove,
     url_fields=("image_url", "mask_url"),
     direct_path="/remove-object",
     default_predict_s=5.0,
-    validate=_validate_remove,  # type: ignore[arg-type]
+    validate=_validate_remove,
     models=remove_models,
 )

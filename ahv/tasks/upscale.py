@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ahv.config import Config
 from ahv.errors import AhvError, invalid_payload
 from ahv.imageops import METHOD, plan_upscale, resize_lanczos, sharpen
-from ahv.imaging import decode_image, encode_image
+from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.face import Face
 from ahv.models.superres import FaceRestorer, SuperResolution
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
@@ -88,7 +88,7 @@ def _restore_faces(
     assert sessions is not None, "the scheduler gives model tasks a session cache"
     restorer = FaceRestorer(sessions.get(ctx.config.images.restorer, ctx.device))
     min_px = ctx.config.faceswap.min_face_px
-    found = load_face_detector(ctx).detect(np.ascontiguousarray(source[..., :3]))
+    found = load_face_detector(ctx).detect(flatten_alpha(source))
     faces = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_px]
     ctx.checkpoint()
     sx = pixels.shape[1] / source.shape[1]
@@ -174,10 +174,10 @@ async def run_upscale(ctx: TaskContext, payload: UpscalePayload) -> TaskOutput:
 UPSCALE = TaskSpec(
     name="upscale",
     payload_type=UpscalePayload,
-    run=run_upscale,  # type: ignore[arg-type]
+    run=run_upscale,
     url_fields=("image_url",),
     direct_path="/upscale",
     default_predict_s=3.0,
-    validate=_validate,  # type: ignore[arg-type]
+    validate=_validate,
     models=_needs,
 )

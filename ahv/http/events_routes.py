@@ -1,0 +1,123 @@
+"""Live job events as server-sent events (text/event-stream), read with the same X-API-Key
+header as every other call (browsers read them with fetch(), not EventSource):
+
+- `GET /v1/jobs/{id}/events`: the job's document now, then at every change; the stream ends
+  after the event with a final status, or after `event: deleted`.
+- `GET /v1/events?task=&status=`: `event: hello` first, then every change of every job the
+  key may see; it never ends by itself.
+
+Each message is `event: job\\nid: <n>\\ndata: <compact JSON document>\\n\\n`; an idle stream
+gets a `: keepalive` comment every `server.sse_keepalive_s`. Streams end when the server
+shuts down, so they never hold up its stop.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ahv.errors import AhvError
+from ahv.events import HELLO, KEEPALIVE, Subscription
+from ahv.http.keys import ORCHESTRATOR, caller, orchestrator
+from ahv.jobs import STATUSES
+
+routes = web.RouteTableDef()
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for open requests: the streams end first.
+    app[ORCHESTRATOR].watch.hub.close()
+
+
+@routes.get("/v1/jobs/{job_id}/events")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    app = orchestrator(request)
+    hub = app.watch.hub
+    _refuse_when_closed(hub.closed)
+    job_id = request.match_info["job_id"]
+    # Subscribe before reading the job, so no change between the two is missed.
+    sub = hub.subscribe(job_id=job_id)
+    try:
+        job = await app.visible_job(caller(request), job_id)
+        first = hub.event(job, app.document(job))
+        sub.skip_through(first.id)  # changes already in what was just read
+        response = await _open(request)
+        try:
+            await response.write(first.encode())
+            if not job.is_terminal:
+                await _pump(request, response, sub, until_final=True)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away
+        return response
+    finally:
+        hub.unsubscribe(sub)
+
+
+@routes.get("/v1/events")
+async def all_events(request: web.Request) -> web.StreamResponse:
+    app = orchestrator(request)
+    hub = app.watch.hub
+    _refuse_when_closed(hub.closed)
+    who = caller(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise AhvError(
+            "invalid_request", f"status: must be one of {', '.join(STATUSES)}", status=422
+        )
+    sub = hub.subscribe(
+        owner=None if who.is_admin else who.name,
+        task=request.query.get("task") or None,
+        status=status,
+    )
+    try:
+        response = await _open(request)
+        try:
+            await response.write(HELLO)
+            await _pump(request, response, sub, until_final=False)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+    finally:
+        hub.unsubscribe(sub)
+
+
+def _refuse_when_closed(closed: bool) -> None:
+    if closed:
+        raise AhvError("draining", "the server is shutting down", status=503, retry_after_s=5)
+
+
+async def _open(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass events through as they come
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+async def _pump(
+    request: web.Request, response: web.StreamResponse, sub: Subscription, *, until_final: bool
+) -> None:
+    keepalive_s = orchestrator(request).config.server.sse_keepalive_s
+    while True:
+        batch = await sub.next_batch(keepalive_s)
+        if not batch:
+            if sub.closed:
+                return
+            await response.write(KEEPALIVE)
+            continue
+        if until_final:
+            ends = next((i for i, event in enumerate(batch) if event.final), None)
+            if ends is not None:
+                await response.write(b"".join(event.encode() for event in batch[: ends + 1]))
+                return
+        await response.write(b"".join(event.encode() for event in batch))

@@ -1,0 +1,198 @@
+"""SIGHUP re-reads ahv.toml: new keys and slots apply without touching queued or running
+jobs; a broken file is rejected and the running config stays."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from tests.conftest import KEY_A, KEY_ADMIN, StartServer, base_config, merge
+from tests.process import AhvProcess
+from tests.test_crash import ahv_process
+
+__all__ = ["ahv_process"]
+
+KEY_C = "key-client-c-new"
+
+
+class Server:
+    """A server subprocess, its config file and its log, as a reload test drives them."""
+
+    def __init__(self, process: AhvProcess, config: dict[str, Any]) -> None:
+        self.process = process
+        self.config = config
+        self.url = ""
+
+    async def start(self) -> None:
+        self.url = await asyncio.to_thread(self.process.start)
+
+    def log_text(self) -> str:
+        return self.process.log_path.read_text()
+
+    async def reload(self, config: dict[str, Any] | str, expect: str) -> str:
+        """Write the file, send SIGHUP, wait for a log line containing `expect`."""
+        seen = len(self.log_text())
+        text = config if isinstance(config, str) else msgspec.toml.encode(config).decode()
+        self.process.config_path.write_text(text)
+        assert self.process.proc is not None
+        os.kill(self.process.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            fresh = self.log_text()[seen:]
+            if expect in fresh:
+                return fresh
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {expect!r} in the log after SIGHUP: {self.log_text()[-2000:]}")
+
+    async def post(
+        self, session: aiohttp.ClientSession, key: str, body: dict[str, Any]
+    ) -> tuple[int, Any]:
+        async with session.post(
+            f"{self.url}/v1/jobs", json=body, headers={"X-API-Key": key}
+        ) as response:
+            return response.status, await response.json()
+
+    async def job(self, session: aiohttp.ClientSession, job_id: str) -> dict[str, Any]:
+        async with session.get(
+            f"{self.url}/v1/jobs/{job_id}", headers={"X-API-Key": KEY_ADMIN}
+        ) as response:
+            assert response.status == 200
+            return dict(await response.json())
+
+    async def wait(
+        self, session: aiohttp.ClientSession, job_id: str, statuses: set[str], timeout_s: float = 15
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            doc = await self.job(session, job_id)
+            if doc["status"] in statuses:
+                return doc
+            assert time.monotonic() < deadline, doc["status"]
+            await asyncio.sleep(0.05)
+
+
+def _server(ahv_process: Any, tmp_path: Path, **overrides: Any) -> Server:
+    process = ahv_process(**overrides)
+    return Server(process, merge(base_config(tmp_path / "data"), overrides))
+
+
+SLEEP = {"task": "sleep", "payload": {"seconds": 2, "steps": 20}}
+
+
+async def test_sighup_new_key_and_more_slots_keep_jobs(ahv_process: Any, tmp_path: Path) -> None:
+    one_slot = {"backends": [{"name": "cpu", "slots": 1, "tasks": ["sleep"]}]}
+    server = _server(ahv_process, tmp_path, **one_slot)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        ids = []
+        for _ in range(3):
+            status, body = await server.post(session, KEY_A, SLEEP)
+            assert status == 202
+            ids.append(body["job_id"])
+        first = await server.wait(session, ids[0], {"running"})
+        assert (await server.job(session, ids[1]))["status"] == "queued"
+        # client-a's key is replaced by client-c's, and the backend gets 3 slots.
+        new = dict(server.config)
+        new["keys"] = [
+            {"name": "client-c", "key": KEY_C, "webhook_secret": "secret-of-client-c-0123"},
+            *[key for key in server.config["keys"] if key["name"] != "client-a"],
+        ]
+        new["backends"] = [{"name": "cpu", "slots": 3, "tasks": ["sleep"]}]
+        line = await server.reload(new, "config reloaded")
+        assert "keys" in line and "backends" in line
+        assert "needs restart" not in line
+        status, body = await server.post(session, KEY_A, SLEEP)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+        status, body = await server.post(session, KEY_C, {"task": "sleep", "payload": {}})
+        assert status == 202
+        fresh = body["job_id"]
+        # The queued jobs start on the new slots while the first one is still running.
+        second = await server.wait(session, ids[1], {"running", "succeeded"})
+        third = await server.wait(session, ids[2], {"running", "succeeded"})
+        docs = [await server.wait(session, i, {"succeeded", "failed"}) for i in ids]
+        assert [d["status"] for d in docs] == ["succeeded"] * 3
+        assert [d["attempts"] for d in docs] == [1, 1, 1]
+        # The job running across the reload ran once, on slot 1, from before to after it.
+        assert docs[0]["started_at_ms"] == first["started_at_ms"]
+        assert docs[0]["result"]["meta"]["backend"] == "cpu-1"
+        # All three ran at once: each started before any of them finished.
+        latest_start = max(second["started_at_ms"], third["started_at_ms"])
+        assert latest_start < min(d["finished_at_ms"] for d in docs)
+        assert {d["result"]["meta"]["backend"] for d in docs} == {"cpu-1", "cpu-2", "cpu-3"}
+        assert (await server.wait(session, fresh, {"succeeded"}))["attempts"] == 1
+        async with session.get(
+            f"{server.url}/diag/backends", headers={"X-API-Key": KEY_ADMIN}
+        ) as response:
+            assert (await response.json())["backends"][0]["slots"] == 3
+
+
+async def test_sighup_with_a_broken_file_keeps_the_running_config(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # The running config refuses new jobs: the disk guard's bound is above any real disk.
+    server = _server(ahv_process, tmp_path, limits={"min_free_disk_mb": 10**12})
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        status, body = await server.post(session, KEY_A, {"task": "sleep"})
+        assert status == 503 and body["error"]["code"] == "disk_full"
+        broken = merge(
+            server.config,
+            {"limits": {"min_free_disk_mb": 0}, "backends": [{"name": "cpu", "slots": 0}]},
+        )
+        line = await server.reload(broken, "config reload rejected")
+        assert "backends[0].slots" in line and "ERROR" in line
+        line = await server.reload("[server\nport = ", "config reload rejected")
+        assert "TOML" in line
+        # The old config stays: the same bound, the same keys.
+        status, body = await server.post(session, KEY_A, {"task": "sleep"})
+        assert status == 503 and body["error"]["code"] == "disk_full"
+        # A good file applies; what needs a restart is named and left as it runs.
+        fixed = merge(
+            server.config,
+            {"limits": {"min_free_disk_mb": 0}, "fetch": {"allowed_networks": ["10.0.0.0/8"]}},
+        )
+        line = await server.reload(fixed, "config reloaded")
+        assert "needs restart: fetch.allowed_networks" in line
+        assert "limits.min_free_disk_mb" in line
+        status, body = await server.post(session, KEY_A, {"task": "sleep"})
+        assert status == 202
+        assert (await server.wait(session, body["job_id"], {"succeeded"}))["attempts"] == 1
+        # SIGTERM still drains and exits cleanly after reloads.
+        server.process.terminate()
+        assert await asyncio.to_thread(server.process.wait_exit, 20) == 0
+
+
+async def test_fewer_slots_let_running_jobs_finish_first(start_server: StartServer) -> None:
+    api = await start_server(backends=[{"name": "cpu", "slots": 3, "tasks": ["sleep"]}])
+    running = [await api.submit("sleep", {"seconds": 1, "steps": 10}) for _ in range(3)]
+    for job in running:
+        await api.wait(job["job_id"], frozenset({"running"}))
+    old = api.orchestrator.config
+    (backend,) = old.backends
+    fewer = msgspec.structs.replace(old, backends=[msgspec.structs.replace(backend, slots=1)])
+    api.orchestrator.apply_config(fewer)
+    later = [await api.submit("sleep", {"seconds": 0.3, "steps": 3}) for _ in range(3)]
+    docs = [await api.wait(job["job_id"]) for job in running + later]
+    assert [d["status"] for d in docs] == ["succeeded"] * 6
+    assert [d["attempts"] for d in docs] == [1] * 6
+    # The jobs submitted after the change ran one at a time, on the slot that stays.
+    spans = sorted((d["started_at_ms"], d["finished_at_ms"]) for d in docs[3:])
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert {d["result"]["meta"]["backend"] for d in docs[3:]} == {"cpu-1"}
+    status, body, _ = await api.call("GET", "/diag/backends", key=KEY_ADMIN)
+    assert status == 200 and body["backends"][0]["slots"] == 1
+    # And back up again: idle workers start at once.
+    api.orchestrator.apply_config(old)
+    again = [await api.submit("sleep", {"seconds": 1, "steps": 10}) for _ in range(3)]
+    for job in again:
+        await api.wait(job["job_id"], frozenset({"running"}))
+    docs = [await api.wait(job["job_id"]) for job in again]
+    assert {d["result"]["meta"]["backend"] for d in docs} == {"cpu-1", "cpu-2", "cpu-3"}
