@@ -154,7 +154,14 @@ async def _serve(config: Config, config_path: str, overrides: dict[str, object])
     from ahv.sdnotify import notify
 
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    # keepalive_timeout bounds the wait for a request's headers as well as idle keep-alive
+    # time (aiohttp arms it from the connection's start); the body is bounded in the middleware.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=config.server.read_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()

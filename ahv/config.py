@@ -49,6 +49,9 @@ class ServerConfig(_Section, frozen=True):
     # --log-format` and `--log-level` win over these.
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Slow clients: the most a client may take to send a request's headers (from connecting,
+    # or from the end of its previous response) and, separately, its body.
+    read_timeout_s: PositiveFloat = 30.0
 
 
 class KeyConfig(_Section, frozen=True):

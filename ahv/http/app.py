@@ -18,7 +18,7 @@ from ahv.http import (
     pages,
 )
 from ahv.http.keys import ORCHESTRATOR
-from ahv.http.middleware import MAX_BODY_KEY, api_middleware
+from ahv.http.middleware import MAX_BODY_KEY, READ_TIMEOUT_KEY, api_middleware
 from ahv.orchestrator import Orchestrator
 
 
@@ -30,6 +30,7 @@ def create_app(config: Config) -> web.Application:
     orchestrator = Orchestrator(config)
     app[ORCHESTRATOR] = orchestrator
     app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app[READ_TIMEOUT_KEY] = config.server.read_timeout_s
     app.add_routes(jobs_routes.routes)
     app.add_routes(ops_routes.routes)
     app.add_routes(deliveries_routes.routes)

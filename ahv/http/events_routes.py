@@ -46,6 +46,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         first = hub.event(job, app.document(job))
         sub.skip_through(first.id)  # changes already in what was just read
         response = await _open(request)
+        if request.method == "HEAD":
+            return response  # headers only: a body here would corrupt the next response
         try:
             await response.write(first.encode())
             if not job.is_terminal:
@@ -76,6 +78,8 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     )
     try:
         response = await _open(request)
+        if request.method == "HEAD":
+            return response  # headers only, and no stream held open
         try:
             await response.write(HELLO)
             await _pump(request, response, sub, until_final=False)

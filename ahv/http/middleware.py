@@ -3,6 +3,7 @@ public ones carries a valid X-API-Key."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -88,7 +89,28 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
     if request.path in SELF_AUTHENTICATED:
         return await handler(request)
     request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
+    if request.body_exists and not request.content.is_eof():
+        # Not all of the body is here yet (a small one usually comes with the headers).
+        await _read_body(request)
     return await handler(request)
 
 
+async def _read_body(request: web.Request) -> None:
+    """Read the whole body now, within server.read_timeout_s, so that a client that sends it
+    slowly (or never finishes it) cannot hold a connection and a handler for ever; handlers'
+    own `request.read()` then returns the cached bytes."""
+    timeout_s = request.app[_READ_TIMEOUT]
+    try:
+        async with asyncio.timeout(timeout_s):
+            await request.read()
+    except TimeoutError:
+        raise AhvError(
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s:g} s (server.read_timeout_s)",
+            status=408,
+        ) from None
+
+
+_READ_TIMEOUT = web.AppKey("read_timeout_s", float)
 MAX_BODY_KEY = _MAX_BODY
+READ_TIMEOUT_KEY = _READ_TIMEOUT

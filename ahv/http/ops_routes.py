@@ -43,11 +43,22 @@ async def stats(request: web.Request) -> web.Response:
 @routes.get("/diag/backends")
 async def diag_backends(request: web.Request) -> web.Response:
     app = orchestrator(request)
+    backends = await app.backends()
+    who = caller(request)
+    if not who.is_admin:
+        # A client key sees only its own jobs: not the ids of other keys' running jobs either.
+        for row in backends:
+            mine = []
+            for job_id in row.running_jobs:
+                job = await app.store.get(job_id)
+                if job is not None and job.owner == who.name:
+                    mine.append(job_id)
+            row.running_jobs = mine
     return json_response(
         BackendsReport(
             ok=True,
             queue_depth=app.store.queued_count,
-            backends=await app.backends(),
+            backends=backends,
             # Cloud providers not set up in ahv.toml, and the tasks that are unavailable so.
             unavailable_providers=msgspec.convert(
                 app.providers.unconfigured_rows(), list[UnavailableProvider]
