@@ -38,6 +38,12 @@ def backup_database(
         raise BackupError(f"no database at {source_path} (server.data_dir = {data_dir})")
     if target.is_dir():
         raise BackupError(f"{target} is a directory; give the path of the copy to write")
+    live = {source_path.resolve()} | {
+        source_path.with_name(DB_NAME + suffix).resolve() for suffix in ("-wal", "-shm")
+    }
+    if target.resolve() in live:
+        # With --force, the copy would be renamed over the database the server has open.
+        raise BackupError(f"{target} is the live database itself; write the copy elsewhere")
     if target.exists() and not force:
         raise BackupError(f"{target} exists; pass --force to overwrite it")
     if not target.parent.is_dir():
