@@ -102,7 +102,12 @@ class Orchestrator:
             batch_sizes=self.sessions.batch_sizes,
         )
         self.disk = DiskGuard(data_dir)
-        self.sweeper = Sweeper(self.store, self.files_dir, lambda: self.config.retention)
+        self.sweeper = Sweeper(
+            self.store,
+            self.files_dir,
+            lambda: self.config.retention,
+            on_purged=self.watch.deleted,  # event streams (the dashboard) drop the job
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 

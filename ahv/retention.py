@@ -81,11 +81,17 @@ class Sweeper:
     due job records. Settings are read on every sweep (they change on reload)."""
 
     def __init__(
-        self, store: Store, files_dir: Path, settings: Callable[[], RetentionConfig]
+        self,
+        store: Store,
+        files_dir: Path,
+        settings: Callable[[], RetentionConfig],
+        on_purged: Callable[[JobRow], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._files_dir = files_dir
         self._settings = settings
+        # Told of each job record removed (the live event streams say `deleted`).
+        self._on_purged = on_purged
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -155,9 +161,11 @@ class Sweeper:
         before = now - int(rule.jobs_s * 1e6)
         removed = 0
         while not self._stop.is_set():
-            names, deleted = await self._store.purge_jobs(rule.task, rule.exclude, before, BATCH)
+            names, gone = await self._store.purge_jobs(rule.task, rule.exclude, before, BATCH)
             await asyncio.to_thread(_unlink_all, self._files_dir, names)
-            removed += deleted
-            if deleted < BATCH:
+            for job in gone:
+                self._on_purged(job)
+            removed += len(gone)
+            if len(gone) < BATCH:
                 break
         return removed
