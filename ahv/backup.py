@@ -35,7 +35,10 @@ def backup_database(
     source_path = Path(data_dir) / DB_NAME
     target = Path(target)
     if not source_path.is_file():
-        raise BackupError(f"no database at {source_path} (server.data_dir = {data_dir})")
+        raise BackupError(
+            f"no database at {source_path.absolute()} (server.data_dir = {data_dir!s}; a "
+            "relative data_dir is taken from the current directory, as `ahv serve` takes it)"
+        )
     if target.is_dir():
         raise BackupError(f"{target} is a directory; give the path of the copy to write")
     live = {source_path.resolve()} | {
