@@ -17,7 +17,7 @@ import msgspec
 import ahv
 from ahv.api_types import BackendReport, BatchingStats, HistoryBucket, JobDocument, Stats
 from ahv.auth import Caller, KeyRing
-from ahv.config import Config
+from ahv.config import Config, KeyConfig
 from ahv.diskguard import DiskGuard
 from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
@@ -60,6 +60,17 @@ def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
         problem = "required field is missing" if "missing" in problem else "unknown field"
     joined = ".".join(p for p in (prefix, path) if p).replace(".[", "[")
     return f"{joined or 'body'}: {problem[:1].lower()}{problem[1:]}"
+
+
+def _changed_key_names(old: list[KeyConfig], new: list[KeyConfig]) -> set[str]:
+    """Names of keys removed, or whose key or role changed (names only: values are secret)."""
+
+    def identity(key: KeyConfig) -> tuple[str, str]:
+        digest = key.key_sha256 or hashlib.sha256(key.key.encode()).hexdigest()
+        return digest, key.role
+
+    now = {key.name: identity(key) for key in new}
+    return {key.name for key in old if now.get(key.name) != identity(key)}
 
 
 class Orchestrator:
@@ -172,8 +183,19 @@ class Orchestrator:
     def apply_config(self, config: Config) -> None:
         """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
         while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
+        changed = _changed_key_names(self.config.keys, config.keys)
         self.config = config
         self.keys.replace(config.keys)
+        if changed:
+            # A removed key gets 401 from now on; its open event streams end too (and those
+            # of a key whose secret or role changed: they reconnect with what holds now).
+            ended = self.watch.hub.end_streams_of(changed)
+            if ended:
+                log.info(
+                    "config reload: %d event streams of removed or changed keys ended",
+                    ended,
+                    extra={"event": "streams_ended", "streams": ended},
+                )
         if self._webhooks is not None:
             self._webhooks.apply_config(config)
         if self._scheduler is not None:

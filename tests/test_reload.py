@@ -4,6 +4,7 @@ jobs; a broken file is rejected and the running config stays."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -262,3 +263,61 @@ async def test_sighup_with_event_streams_open_and_a_cloud_provider(
     server.process.terminate()
     assert await asyncio.to_thread(server.process.wait_exit, 20) == 0
     assert "running jobs get 7.0 s" in server.log_text()
+
+
+async def test_sighup_ends_the_event_streams_of_removed_and_changed_keys(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # A removed key gets 401 at once, and so must its open streams end: else a revoked key
+    # would go on watching jobs. client-a is removed, client-b becomes an admin (its stream
+    # was filtered to its own jobs); the admin's stream is untouched and goes on.
+    server = _server(ahv_process, tmp_path, server={"sse_keepalive_s": 0.2})
+    await server.start()
+    key_b = "key-client-b"
+    async with aiohttp.ClientSession() as session:
+        status, body = await server.post(session, KEY_A, SLEEP)
+        assert status == 202
+        running = body["job_id"]
+        await server.wait(session, running, {"running"})
+        urls = {
+            "a": f"{server.url}/v1/events",
+            "a-job": f"{server.url}/v1/jobs/{running}/events",
+            "b": f"{server.url}/v1/events",
+            "admin": f"{server.url}/v1/events",
+        }
+        keys = {"a": KEY_A, "a-job": KEY_A, "b": key_b, "admin": KEY_ADMIN}
+        async with contextlib.AsyncExitStack() as stack:
+            readers = {}
+            for name, url in urls.items():
+                response = await stack.enter_async_context(
+                    session.get(url, headers={"X-API-Key": keys[name]})
+                )
+                assert response.status == 200
+                readers[name] = SseReader(response)
+                assert (await readers[name].next()) is not None  # hello, or the job now
+            new = dict(server.config)
+            new["keys"] = [
+                {**key, "role": "admin"} if key["name"] == "client-b" else key
+                for key in server.config["keys"]
+                if key["name"] != "client-a"
+            ]
+            line = await server.reload(new, "config reloaded")
+            assert "keys" in line
+
+            async def ends(reader: SseReader) -> bool:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if await reader.next() is None:
+                        return True
+                return False
+
+            for name in ("a", "a-job", "b"):
+                assert await ends(readers[name]), f"the {name} stream goes on"
+            # The admin's stream goes on: it sees the job end.
+            while True:
+                message = await readers["admin"].next(timeout_s=15)
+                assert message is not None
+                if message.event == "job" and message.json["status"] == "succeeded":
+                    break
+        async with session.get(urls["a"], headers={"X-API-Key": KEY_A}) as again:
+            assert again.status == 401
