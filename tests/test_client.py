@@ -274,6 +274,8 @@ def _sync_session(url: str, image_url: str) -> dict[str, object]:
         seen["status"] = done.status
         seen["size"] = None if done.result is None else done.result.meta["width"]
         seen["get"] = ahv.get(job.job_id).status
+        # The job's own event stream, from a final job: its document, then the end.
+        seen["events"] = [e.job.status for e in ahv.events(job.job_id) if e.job is not None]
         seen["listed"] = [j.job_id for j in ahv.list(page_size=1)]
         seen["first"] = next(iter(ahv.list(page_size=1))).job_id  # left early: closed cleanly
         slow = ahv.submit("sleep", {"seconds": 30, "steps": 300})
@@ -297,6 +299,7 @@ async def test_sync_client(api: Api, media: MediaServer) -> None:
     # The sync client blocks its caller, so it runs on a worker thread while this loop serves.
     seen = await asyncio.to_thread(_sync_session, api.url, image_url)
     assert seen["status"] == "succeeded" and seen["size"] == 1024 and seen["get"] == "succeeded"
+    assert seen["events"] == ["succeeded"]
     assert seen["listed"][-1] == seen["job_id"]  # type: ignore[index]
     assert seen["first"] == seen["listed"][0]  # type: ignore[index]
     assert seen["canceled"] in ("queued", "running", "canceled")
