@@ -184,7 +184,10 @@ class Orchestrator:
         """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
         while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
         changed = _changed_key_names(self.config.keys, config.keys)
+        retention_changed = config.retention != self.config.retention
         self.config = config
+        if retention_changed:
+            self.sweeper.kick()  # a shorter retention frees space now, not an interval later
         self.keys.replace(config.keys)
         if changed:
             # A removed key gets 401 from now on; its open event streams end too (and those

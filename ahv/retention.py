@@ -93,20 +93,27 @@ class Sweeper:
         # Told of each job record removed (the live event streams say `deleted`).
         self._on_purged = on_purged
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a stop, or new settings: sweep (or end) now
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._stop.clear()
         self._task = asyncio.create_task(self._loop())
 
+    def kick(self) -> None:
+        """New settings (reload): sweep now rather than after the old interval."""
+        self._wake.set()
+
     async def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._task is not None:
             await self._task  # a sweep in progress ends its batch first
             self._task = None
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 report = await self.sweep()
             except Exception:
@@ -120,7 +127,7 @@ class Sweeper:
                         extra={"files_removed": report.files, "jobs_removed": report.jobs},
                     )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._settings().sweep_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self._settings().sweep_interval_s)
 
     async def sweep(self, now: int | None = None) -> SweepReport:
         """One pass: files first (their records still name them), then records."""

@@ -165,6 +165,24 @@ async def test_event_streams_hear_of_expired_records(start_server: StartServer) 
         assert (await other.next()).comment == "keepalive"  # type: ignore[union-attr]
 
 
+async def test_a_reloaded_retention_sweeps_at_once(start_server: StartServer) -> None:
+    # An hour between sweeps; a reload that shortens files_s (to free disk space) sweeps now.
+    api = await start_server(retention={"files_s": 3600, "jobs_s": 7200, "sweep_interval_s": 3600})
+    doc = await api.wait((await api.submit("sleep", {"seconds": 0, "write_file": True}))["job_id"])
+    path = api.orchestrator.files_dir / doc["result"]["filename"]
+    await asyncio.sleep(0.2)  # the job ended 0.2 s ago: past the new files_s below
+    assert path.is_file()
+    old = api.orchestrator.config
+    shorter = msgspec.structs.replace(old.retention, files_s=0.1)
+    api.orchestrator.apply_config(msgspec.structs.replace(old, retention=shorter))
+
+    async def removed() -> bool:
+        return not path.exists()
+
+    await _until(removed, timeout_s=5)
+    assert (await _file_status(api, doc["result"]["url"]))[0] == 410
+
+
 async def test_a_database_from_before_retention_is_migrated(
     start_server: StartServer, tmp_path: Path
 ) -> None:
