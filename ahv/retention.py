@@ -124,7 +124,11 @@ class Sweeper:
                         "retention: removed %d result files, %d job records",
                         report.files,
                         report.jobs,
-                        extra={"files_removed": report.files, "jobs_removed": report.jobs},
+                        extra={
+                            "event": "retention_swept",
+                            "files_removed": report.files,
+                            "jobs_removed": report.jobs,
+                        },
                     )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings().sweep_interval_s)

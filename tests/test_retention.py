@@ -4,6 +4,7 @@ disk guard refuses new jobs with 503 while running ones finish."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -165,8 +166,11 @@ async def test_event_streams_hear_of_expired_records(start_server: StartServer) 
         assert (await other.next()).comment == "keepalive"  # type: ignore[union-attr]
 
 
-async def test_a_reloaded_retention_sweeps_at_once(start_server: StartServer) -> None:
+async def test_a_reloaded_retention_sweeps_at_once(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
     # An hour between sweeps; a reload that shortens files_s (to free disk space) sweeps now.
+    caplog.set_level(logging.INFO, logger="ahv.retention")
     api = await start_server(retention={"files_s": 3600, "jobs_s": 7200, "sweep_interval_s": 3600})
     doc = await api.wait((await api.submit("sleep", {"seconds": 0, "write_file": True}))["job_id"])
     path = api.orchestrator.files_dir / doc["result"]["filename"]
@@ -181,6 +185,12 @@ async def test_a_reloaded_retention_sweeps_at_once(start_server: StartServer) ->
 
     await _until(removed, timeout_s=5)
     assert (await _file_status(api, doc["result"]["url"]))[0] == 410
+
+    async def swept() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == "retention_swept"]
+
+    (line,) = await _until(swept)  # its log line, with the counts as fields
+    assert (line.files_removed, line.jobs_removed) == (1, 0)  # type: ignore[attr-defined]
 
 
 async def test_a_database_from_before_retention_is_migrated(
