@@ -35,9 +35,18 @@ def backup_database(
     source_path = Path(data_dir) / DB_NAME
     target = Path(target)
     if not source_path.is_file():
-        raise BackupError(f"no database at {source_path} (server.data_dir = {data_dir})")
+        raise BackupError(
+            f"no database at {source_path.absolute()} (server.data_dir = {data_dir!s}; a "
+            "relative data_dir is taken from the current directory, as `ahv serve` takes it)"
+        )
     if target.is_dir():
         raise BackupError(f"{target} is a directory; give the path of the copy to write")
+    live = {source_path.resolve()} | {
+        source_path.with_name(DB_NAME + suffix).resolve() for suffix in ("-wal", "-shm")
+    }
+    if target.resolve() in live:
+        # With --force, the copy would be renamed over the database the server has open.
+        raise BackupError(f"{target} is the live database itself; write the copy elsewhere")
     if target.exists() and not force:
         raise BackupError(f"{target} exists; pass --force to overwrite it")
     if not target.parent.is_dir():

@@ -181,7 +181,9 @@ async def _serve(config: Config, config_path: str, overrides: dict[str, object])
     notify("READY=1")
     await stop.wait()
     notify("STOPPING=1")
-    log.info("stopping: no new jobs; running jobs get %s s", config.server.shutdown_grace_s)
+    # The running config: a reload (SIGHUP) may have changed the grace time since the start.
+    grace_s = app[ORCHESTRATOR].config.server.shutdown_grace_s
+    log.info("stopping: no new jobs; running jobs get %s s", grace_s)
     await app[ORCHESTRATOR].drain()
     log.info("stopping: delivering due webhooks")
     await runner.cleanup()

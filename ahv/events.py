@@ -57,9 +57,11 @@ class Subscription:
         status: str | None,
         limit: int,
         overflow_limit: int,
+        key_name: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.owner = owner  # None: every owner's jobs (an admin key)
+        self.key_name = key_name  # the API key that opened the stream
         self.task = task
         self.status = status
         self.closed = False
@@ -159,6 +161,7 @@ class EventHub:
         owner: str | None = None,
         task: str | None = None,
         status: str | None = None,
+        key_name: str | None = None,
     ) -> Subscription:
         sub = Subscription(
             job_id=job_id,
@@ -167,6 +170,7 @@ class EventHub:
             status=status,
             limit=self._queue_limit,
             overflow_limit=self._overflow_limit,
+            key_name=key_name,
         )
         if self.closed:
             sub.close()
@@ -212,6 +216,17 @@ class EventHub:
         found = list(self._by_job.get(job.id, ()))
         found.extend(sub for sub in self._all if sub.matches(job, deleted=deleted))
         return found
+
+    def end_streams_of(self, key_names: set[str]) -> int:
+        """Reload: the streams opened with these keys (removed, or changed) end after what
+        they have queued; the client reconnects with a key that works now, or gets a 401.
+        Returns how many ended."""
+        ended = 0
+        for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
+            if sub.key_name in key_names and not sub.closed:
+                sub.close()
+                ended += 1
+        return ended
 
     def close(self) -> None:
         """Shutdown: every stream ends after what it has queued; new ones end at once."""

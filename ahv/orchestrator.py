@@ -17,7 +17,7 @@ import msgspec
 import ahv
 from ahv.api_types import BackendReport, BatchingStats, HistoryBucket, JobDocument, Stats
 from ahv.auth import Caller, KeyRing
-from ahv.config import Config
+from ahv.config import Config, KeyConfig
 from ahv.diskguard import DiskGuard
 from ahv.errors import AhvError, StartupError, invalid_payload
 from ahv.ids import new_id
@@ -62,6 +62,17 @@ def validation_message(exc: msgspec.ValidationError, prefix: str) -> str:
     return f"{joined or 'body'}: {problem[:1].lower()}{problem[1:]}"
 
 
+def _changed_key_names(old: list[KeyConfig], new: list[KeyConfig]) -> set[str]:
+    """Names of keys removed, or whose key or role changed (names only: values are secret)."""
+
+    def identity(key: KeyConfig) -> tuple[str, str]:
+        digest = key.key_sha256 or hashlib.sha256(key.key.encode()).hexdigest()
+        return digest, key.role
+
+    now = {key.name: identity(key) for key in new}
+    return {key.name for key in old if now.get(key.name) != identity(key)}
+
+
 class Orchestrator:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -102,7 +113,12 @@ class Orchestrator:
             batch_sizes=self.sessions.batch_sizes,
         )
         self.disk = DiskGuard(data_dir)
-        self.sweeper = Sweeper(self.store, self.files_dir, lambda: self.config.retention)
+        self.sweeper = Sweeper(
+            self.store,
+            self.files_dir,
+            lambda: self.config.retention,
+            on_purged=self.watch.deleted,  # event streams (the dashboard) drop the job
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -167,8 +183,22 @@ class Orchestrator:
     def apply_config(self, config: Config) -> None:
         """A reloaded ahv.toml (SIGHUP), already cut down by ahv/reload.py to what may change
         while running: keys, queue and limit settings, webhooks, backend slots and tasks."""
+        changed = _changed_key_names(self.config.keys, config.keys)
+        retention_changed = config.retention != self.config.retention
         self.config = config
+        if retention_changed:
+            self.sweeper.kick()  # a shorter retention frees space now, not an interval later
         self.keys.replace(config.keys)
+        if changed:
+            # A removed key gets 401 from now on; its open event streams end too (and those
+            # of a key whose secret or role changed: they reconnect with what holds now).
+            ended = self.watch.hub.end_streams_of(changed)
+            if ended:
+                log.info(
+                    "config reload: %d event streams of removed or changed keys ended",
+                    ended,
+                    extra={"event": "streams_ended", "streams": ended},
+                )
         if self._webhooks is not None:
             self._webhooks.apply_config(config)
         if self._scheduler is not None:

@@ -81,26 +81,39 @@ class Sweeper:
     due job records. Settings are read on every sweep (they change on reload)."""
 
     def __init__(
-        self, store: Store, files_dir: Path, settings: Callable[[], RetentionConfig]
+        self,
+        store: Store,
+        files_dir: Path,
+        settings: Callable[[], RetentionConfig],
+        on_purged: Callable[[JobRow], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._files_dir = files_dir
         self._settings = settings
+        # Told of each job record removed (the live event streams say `deleted`).
+        self._on_purged = on_purged
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a stop, or new settings: sweep (or end) now
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._stop.clear()
         self._task = asyncio.create_task(self._loop())
 
+    def kick(self) -> None:
+        """New settings (reload): sweep now rather than after the old interval."""
+        self._wake.set()
+
     async def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._task is not None:
             await self._task  # a sweep in progress ends its batch first
             self._task = None
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 report = await self.sweep()
             except Exception:
@@ -111,10 +124,14 @@ class Sweeper:
                         "retention: removed %d result files, %d job records",
                         report.files,
                         report.jobs,
-                        extra={"files_removed": report.files, "jobs_removed": report.jobs},
+                        extra={
+                            "event": "retention_swept",
+                            "files_removed": report.files,
+                            "jobs_removed": report.jobs,
+                        },
                     )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._settings().sweep_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self._settings().sweep_interval_s)
 
     async def sweep(self, now: int | None = None) -> SweepReport:
         """One pass: files first (their records still name them), then records."""
@@ -155,9 +172,11 @@ class Sweeper:
         before = now - int(rule.jobs_s * 1e6)
         removed = 0
         while not self._stop.is_set():
-            names, deleted = await self._store.purge_jobs(rule.task, rule.exclude, before, BATCH)
+            names, gone = await self._store.purge_jobs(rule.task, rule.exclude, before, BATCH)
             await asyncio.to_thread(_unlink_all, self._files_dir, names)
-            removed += deleted
-            if deleted < BATCH:
+            for job in gone:
+                self._on_purged(job)
+            removed += len(gone)
+            if len(gone) < BATCH:
                 break
         return removed

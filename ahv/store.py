@@ -703,16 +703,16 @@ class Store:
 
     async def purge_jobs(
         self, task: str | None, exclude: Sequence[str], before_us: int, limit: int
-    ) -> tuple[list[str], int]:
+    ) -> tuple[list[str], list[JobRow]]:
         """Delete finished jobs of a group that ended before `before_us`, with their outbox
         rows and tombstones; a job with a webhook still pending stays. Returns (result files
-        not yet expired, to remove; jobs deleted)."""
+        not yet expired, to remove; the jobs deleted)."""
         where, params = self._group_filter(task, exclude)
         final = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
 
-        def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        def run(conn: sqlite3.Connection) -> tuple[list[str], list[JobRow]]:
             rows = conn.execute(
-                f"""SELECT seq, id, result, files_expired FROM jobs
+                f"""SELECT * FROM jobs
                     WHERE finished_us IS NOT NULL AND finished_us < ? AND status IN ({final})
                     AND {where} AND NOT EXISTS (SELECT 1 FROM outbox
                         WHERE outbox.job_id = jobs.id AND outbox.state = 'pending')
@@ -720,14 +720,14 @@ class Store:
                 (before_us, *params, limit),
             ).fetchall()
             files: list[str] = []
-            for _, _, result, files_expired in rows:
-                if not files_expired:
-                    files += _result_file_names(result)
-            ids = [(r[1],) for r in rows]
+            for row in rows:
+                if not row["files_expired"]:
+                    files += _result_file_names(row["result"])
+            ids = [(row["id"],) for row in rows]
             conn.executemany("DELETE FROM outbox WHERE job_id = ?", ids)
             conn.executemany("DELETE FROM expired_files WHERE job_id = ?", ids)
-            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(r[0],) for r in rows])
-            return files, len(rows)
+            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(row["seq"],) for row in rows])
+            return files, [_from_row(row) for row in rows]
 
         return await self._transaction(run)
 

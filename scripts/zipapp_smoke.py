@@ -15,6 +15,8 @@ the check):
    /healthz, runs one `upscale` job (×2) whose input PNG (made here with zlib and struct) is
    served by a stdlib http.server on 127.0.0.1 (let in by `fetch.allowed_networks`), and
    the downloaded result is an image of twice the input's size;
+   the docs page (/), the dashboard, their static files and /openapi.json load (package data
+   inside the zipapp), and `ahv.pyz backup` run beside the server copies the database;
 4. SIGTERM: the server exits 0.
 Prints each step's time; exit status 0 when all pass.
 """
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -210,6 +213,36 @@ def run_job(base: str, media: str) -> None:
     print(f"    result: {fmt} {width}x{height}, {len(image)} bytes, job {job['job_id']}")
 
 
+def check_pages(base: str) -> None:
+    """The docs page, the dashboard and their static files: package data inside the zipapp."""
+    pages = {
+        "/": b"upscale",
+        "/dashboard": b"/static/dashboard.js",
+        "/static/dashboard.js": b"/v1/events",
+        "/static/ahv.css": b"{",
+    }
+    for path, marker in pages.items():
+        body = call("GET", base + path)
+        assert isinstance(body, bytes) and marker in body, f"GET {path}: {body[:200]!r}"
+    spec = call("GET", f"{base}/openapi.json")
+    assert spec["openapi"].startswith("3.1") and "/v1/jobs" in spec["paths"], spec.keys()
+
+
+def check_backup(python: str, pyz: Path, config: Path, work: Path, env: dict[str, str]) -> None:
+    """`ahv.pyz backup` beside the serving server: a copy holding the one job run."""
+    copy = work / "backup.sqlite3"
+    done = subprocess.run(
+        [python, str(pyz), "backup", str(copy), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "1 jobs" in done.stdout, done
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("SELECT status FROM jobs").fetchall() == [("succeeded",)]
+
+
 def smoke(pyz_src: Path, work: Path) -> None:
     steps = Steps()
     pyz = work / "ahv.pyz"
@@ -260,8 +293,12 @@ def smoke(pyz_src: Path, work: Path) -> None:
             base = read_listening_line(proc, 120)
             assert call("GET", f"{base}/healthz") is not None
             steps.done(f"serve: listening on {base}, /healthz answers")
+            check_pages(base)
+            steps.done("docs page, dashboard, static files and /openapi.json load")
             run_job(base, media)
             steps.done("upscale job end to end")
+            check_backup(python, pyz, config, work, env)
+            steps.done("ahv.pyz backup while the server runs")
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
             assert code == 0, f"exit status {code} after SIGTERM"

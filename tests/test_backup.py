@@ -97,4 +97,19 @@ async def test_backup_errors_exit_2_with_the_reason(tmp_path: Path) -> None:
     assert code == 2 and "backup" in err and "Traceback" not in err
     code, _, err = await _backup(config, str(tmp_path / "missing-dir" / "copy.sqlite3"))
     assert code == 2 and "does not exist" in err
+    # The database itself (or its -wal), even with --force, even spelt another way: the
+    # copy would be renamed over the file the server has open.
+    live = tmp_path / "nothing-here" / "ahv.sqlite3"
+    live.unlink()
+    with sqlite3.connect(live) as conn:
+        conn.execute("CREATE TABLE jobs (id TEXT)")
+        conn.execute("INSERT INTO jobs VALUES ('j1')")
+    conn.close()
+    before = (live.stat().st_ino, live.read_bytes())
+    for path in (str(live), str(tmp_path / "nothing-here" / ".." / "nothing-here" / "ahv.sqlite3")):
+        code, _, err = await _backup(config, path, "--force")
+        assert code == 2 and "live database" in err
+    code, _, err = await _backup(config, f"{live}-wal", "--force")
+    assert code == 2 and "live database" in err
+    assert (live.stat().st_ino, live.read_bytes()) == before
     assert not (tmp_path / "copy.sqlite3").exists()

@@ -8,10 +8,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from ahv.client import AhvClientError, AsyncClient, Client, Job
+from ahv import api_types
+from ahv.client import AhvClientError, AsyncClient, Client, Job, JobResult, ResultFile
 from tests import media as fixtures
 from tests.conftest import (
     KEY_A,
@@ -23,7 +26,10 @@ from tests.conftest import (
     base_config,
     merge,
 )
+from tests.fake_providers import FakeOpenAI
 from tests.process import AhvProcess
+
+OPENAI_KEY = "sk-proj-TESTclientKEY0123456789abcdefWXYZ"
 
 
 async def test_submit_get_wait_sleep(api: Api) -> None:
@@ -43,6 +49,53 @@ async def test_submit_get_wait_sleep(api: Api) -> None:
         # The same document as the raw API gives.
         raw = await api.job(job.job_id)
         assert raw["finished_at_ms"] == done.finished_at_ms and raw["status"] == done.status
+
+
+def _names(struct: type[msgspec.Struct]) -> set[str]:
+    return {field.encode_name for field in msgspec.structs.fields(struct)}
+
+
+def test_job_type_has_every_field_the_server_sends() -> None:
+    # The client's types against the Structs the server encodes its answers with: a field
+    # added to the job document must reach the client's users (only the product sheet's
+    # second spelling of predict_time is left out).
+    assert _names(api_types.JobDocument) - _names(Job) == {"predictTime"}
+    assert _names(api_types.JobResult) <= _names(JobResult)
+    assert _names(api_types.FileEntry) <= _names(ResultFile)
+
+
+async def test_job_document_fields_reach_the_client(
+    start_server: StartServer, aiohttp_server: Any
+) -> None:
+    openai = await FakeOpenAI.start(aiohttp_server, OPENAI_KEY)
+    api = await start_server(
+        retention={"files_s": 3600, "jobs_s": 7200},
+        providers={"openai": {"api_key": OPENAI_KEY, "base_url": openai.url}},
+    )
+    async with AsyncClient(api.url, KEY_A) as ahv:
+        job = await ahv.submit("sleep", {"seconds": 0, "write_file": True})
+        assert job.expires_at is None and job.payload is None  # not final; POST has no payload
+        done = await ahv.wait(job.job_id, timeout_s=15, poll_interval_s=0.05)
+        got = await ahv.get(job.job_id)
+        raw = await api.job(job.job_id)
+        assert done.expires_at_ms == got.expires_at_ms == raw["expires_at_ms"]
+        assert got.expires_at_ms == raw["finished_at_ms"] + 3_600_000
+        assert got.expires_at is not None
+        assert int(got.expires_at.timestamp() * 1000) == raw["expires_at_ms"]
+        assert got.payload == raw["payload"] and got.payload["write_file"] is True
+        assert got.result is not None and got.result.files == []  # one file: no list
+        # Several images (a cloud provider's): every file, each with its own meta.
+        made = await ahv.submit("cx_image", {"prompt": "three teapots", "n": 3})
+        several = await ahv.wait(made.job_id, timeout_s=30, poll_interval_s=0.05)
+        assert several.status == "succeeded", several.error
+        raw = await api.job(made.job_id)
+    assert several.result is not None and len(several.result.files) == 3
+    assert [f.url for f in several.result.files] == [f["url"] for f in raw["result"]["files"]]
+    assert several.result.url == several.result.files[0].url
+    assert [f.meta["index"] for f in several.result.files] == [0, 1, 2]
+    assert all(f.meta["mime"] == "image/png" and f.filename for f in several.result.files)
+    async with api.session.get(several.result.files[2].url) as response:
+        assert response.status == 200 and response.content_type == "image/png"
 
 
 async def test_upscale_end_to_end(api: Api, media: MediaServer) -> None:
@@ -221,6 +274,8 @@ def _sync_session(url: str, image_url: str) -> dict[str, object]:
         seen["status"] = done.status
         seen["size"] = None if done.result is None else done.result.meta["width"]
         seen["get"] = ahv.get(job.job_id).status
+        # The job's own event stream, from a final job: its document, then the end.
+        seen["events"] = [e.job.status for e in ahv.events(job.job_id) if e.job is not None]
         seen["listed"] = [j.job_id for j in ahv.list(page_size=1)]
         seen["first"] = next(iter(ahv.list(page_size=1))).job_id  # left early: closed cleanly
         slow = ahv.submit("sleep", {"seconds": 30, "steps": 300})
@@ -244,6 +299,7 @@ async def test_sync_client(api: Api, media: MediaServer) -> None:
     # The sync client blocks its caller, so it runs on a worker thread while this loop serves.
     seen = await asyncio.to_thread(_sync_session, api.url, image_url)
     assert seen["status"] == "succeeded" and seen["size"] == 1024 and seen["get"] == "succeeded"
+    assert seen["events"] == ["succeeded"]
     assert seen["listed"][-1] == seen["job_id"]  # type: ignore[index]
     assert seen["first"] == seen["listed"][0]  # type: ignore[index]
     assert seen["canceled"] in ("queued", "running", "canceled")

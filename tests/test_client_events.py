@@ -1,9 +1,9 @@
 """The client's event streams: the SSE reader, `events()` and `wait()` over a stream.
 
-The server's events endpoints (`GET /v1/jobs/{id}/events`, `GET /v1/events`) are built on
-another branch. Until they are merged, a local aiohttp server speaking exactly their format
-stands in for them here; `test_events_on_the_real_server` runs against ahv itself and skips
-while ahv answers 404 there."""
+A local aiohttp server speaking the events endpoints' format (`GET /v1/jobs/{id}/events`,
+`GET /v1/events`) stands in for odd servers (one cut short, one behind a gateway that answers
+502, one without events endpoints at all); `test_events_on_the_real_server` runs against ahv
+itself."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ class StandIn:
     server: TestServer | None = None
     polls: int = 0
     cut_short: set[str] = field(default_factory=set)
+    gateway_down: set[str] = field(default_factory=set)  # a proxy answers 502 for their streams
     seen_last_event_id: list[str | None] = field(default_factory=list)
 
     @property
@@ -124,6 +125,10 @@ class StandIn:
         if job_id == "unknown":
             error = {"ok": False, "error": {"code": "job_not_found", "message": "no job"}}
             return web.json_response(error, status=404)
+        if job_id in self.gateway_down:
+            self.gateway_down.discard(job_id)
+            page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+            return web.Response(status=502, text=page, content_type="text/html")
         self.seen_last_event_id.append(request.headers.get("Last-Event-ID"))
         pieces = [sse("job", document(job_id, "queued", queue_position=0), 1), b": keepalive\n\n"]
         if job_id not in self.cut_short:
@@ -142,20 +147,32 @@ class StandIn:
             sse("deleted", {"job_id": "j1"}, 12),
         )
 
+    async def no_such_endpoint(self, request: web.Request) -> web.Response:
+        message = f"no such endpoint: GET {request.path}"
+        error = {"ok": False, "error": {"code": "not_found", "message": message}}
+        return web.json_response(error, status=404)
+
     async def get_job(self, request: web.Request) -> web.Response:
         self.polls += 1
         return web.json_response(document(request.match_info["job_id"], "succeeded"))
 
 
-@pytest.fixture
-async def stand_in(aiohttp_server: Any) -> StandIn:
+async def _stand_in(aiohttp_server: Any, *, with_events: bool) -> StandIn:
     found = StandIn()
     app = web.Application()
-    app.router.add_get("/v1/jobs/{job_id}/events", found.job_events)
-    app.router.add_get("/v1/events", found.all_events)
+    if with_events:
+        app.router.add_get("/v1/jobs/{job_id}/events", found.job_events)
+        app.router.add_get("/v1/events", found.all_events)
+    else:  # as ahv answers an endpoint it does not have
+        app.router.add_get("/v1/jobs/{job_id}/events", found.no_such_endpoint)
     app.router.add_get("/v1/jobs/{job_id}", found.get_job)
     found.server = await aiohttp_server(app)
     return found
+
+
+@pytest.fixture
+async def stand_in(aiohttp_server: Any) -> StandIn:
+    return await _stand_in(aiohttp_server, with_events=True)
 
 
 async def test_job_events_until_the_final_status(stand_in: StandIn) -> None:
@@ -190,27 +207,43 @@ async def test_wait_follows_the_stream(stand_in: StandIn) -> None:
         stand_in.cut_short.add("j3")
         done = await ahv.wait("j3", timeout_s=10, poll_interval_s=0.01)
         assert done.status == "succeeded" and stand_in.polls == 1
+        # A gateway's 502 for the stream (ahv restarting behind a proxy) is waited out by
+        # polling, as wait() waits out a 502 to its polls.
+        stand_in.gateway_down.add("j4")
+        done = await ahv.wait("j4", timeout_s=10, poll_interval_s=0.01)
+        assert done.status == "succeeded" and stand_in.polls == 2
         # An unknown job on a server with events is the server's error, not a fallback.
         with pytest.raises(AhvClientError) as unknown:
             await ahv.wait("unknown", timeout_s=10)
         assert unknown.value.code == "job_not_found"
 
 
-async def test_wait_polls_without_an_events_endpoint(api: Api) -> None:
-    # Until the events endpoints are merged, ahv answers 404 `not_found` for them and wait()
-    # polls; with them it follows the stream. Either way it ends with the final document.
+async def test_wait_polls_without_an_events_endpoint(aiohttp_server: Any) -> None:
+    # An older server: 404 `not_found` for the events endpoints. wait() polls, and the second
+    # wait() goes straight to polling.
+    old_server = await _stand_in(aiohttp_server, with_events=False)
+    async with AsyncClient(old_server.url, KEY_A) as ahv:
+        for polls in (1, 2):
+            done = await ahv.wait(f"j{polls}", timeout_s=10, poll_interval_s=0.01)
+            assert done.status == "succeeded" and old_server.polls == polls
+
+
+async def test_wait_follows_the_real_servers_stream(api: Api) -> None:
+    # Polling every 30 s would take 30 s past the job's start; the stream ends wait() with the
+    # job's final event.
     async with AsyncClient(api.url, KEY_A) as ahv:
-        for _ in range(2):  # the second wait() knows already which way to go
-            job = await ahv.submit("sleep", {"seconds": 0.2})
-            done = await ahv.wait(job.job_id, timeout_s=15, poll_interval_s=0.05)
-            assert done.status == "succeeded"
+        for _ in range(2):
+            job = await ahv.submit("sleep", {"seconds": 0.5, "steps": 5})
+            await api.wait(job.job_id, frozenset({"running", "succeeded"}))
+            began = asyncio.get_running_loop().time()
+            done = await ahv.wait(job.job_id, timeout_s=20, poll_interval_s=30)
+            assert done.status == "succeeded" and done.result is not None
+            assert asyncio.get_running_loop().time() - began < 10
 
 
 async def test_events_on_the_real_server(api: Api) -> None:
     # Opened and closed at once: only the status matters here.
     async with api.session.get(api.url + "/v1/events", headers={"X-API-Key": KEY_A}) as probe:
-        if probe.status == 404:
-            pytest.skip("GET /v1/events is not on this server yet (the SSE branch)")
         assert probe.status == 200 and probe.content_type == "text/event-stream"
     async with AsyncClient(api.url, KEY_A) as ahv:
         seen: list[JobEvent] = []

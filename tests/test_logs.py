@@ -15,7 +15,10 @@ import pytest
 
 from ahv.logging_setup import setup_logging
 from tests.conftest import KEY_A, KEY_ADMIN, SECRET_A, SECRET_ADMIN, SECRET_B, Receiver
+from tests.fake_providers import FakeGoogle, FakeOpenAI, google_error, openai_error
 from tests.test_crash import ahv_process, job, submit, wait_all_final
+from tests.test_providers_google import GOOGLE_KEY
+from tests.test_providers_openai import OPENAI_KEY
 
 __all__ = ["ahv_process"]
 
@@ -101,3 +104,64 @@ def test_json_formatter_keeps_tracebacks_in_their_own_field(tmp_path: Path) -> N
     assert line["msg"] == "job j1: crashed" and line["job_id"] == "j1"
     assert line["level"] == "ERROR" and "ValueError: bad" in line["exc"]
     assert line["path"] == str(tmp_path)  # anything else is written as its str()
+
+
+async def test_json_logs_of_provider_jobs_never_hold_a_key(
+    ahv_process: Any, aiohttp_server: Any
+) -> None:
+    # Cloud jobs (several images, a retried 503, refusals) at debug level: each has its
+    # lines with job_id, task and the provider's slot, and neither API key appears anywhere,
+    # though both providers echo them back in their error messages.
+    google = await FakeGoogle.start(aiohttp_server, GOOGLE_KEY)
+    openai = await FakeOpenAI.start(aiohttp_server, OPENAI_KEY)
+    server = ahv_process(
+        queue={"max_attempts": 3, "retry_base_s": 0.01, "retry_max_s": 0.02},
+        providers={
+            "google": {"api_key": GOOGLE_KEY, "base_url": google.url},
+            "openai": {"api_key": OPENAI_KEY, "base_url": openai.url},
+        },
+    )
+    google.script(
+        "predict", google_error(400, f"API key not valid: {GOOGLE_KEY}", "INVALID_ARGUMENT")
+    )
+    echo = f"Incorrect API key provided: {OPENAI_KEY}."
+    openai.script(
+        "generations",
+        openai_error(503, f"overloaded ({OPENAI_KEY})", None, "server_error"),
+        openai_error(401, echo, "invalid_api_key", "invalid_request_error"),
+    )
+    url = await asyncio.to_thread(
+        server.start, 20, ["--log-format", "json", "--log-level", "debug"]
+    )
+    async with aiohttp.ClientSession() as session:
+        refused = await submit(session, url, {"task": "gg_image", "payload": {"prompt": "a"}})
+        await wait_all_final(session, url, [refused], timeout_s=20)
+        made = await submit(
+            session, url, {"task": "gg_image", "payload": {"prompt": "b", "number_of_images": 2}}
+        )
+        revoked = await submit(session, url, {"task": "cx_image", "payload": {"prompt": "c"}})
+        docs = await wait_all_final(session, url, [made, revoked], timeout_s=20)
+    server.terminate()
+    assert await asyncio.to_thread(server.wait_exit, 20) == 0
+    assert docs[made]["status"] == "succeeded" and len(docs[made]["result"]["files"]) == 2
+    assert docs[revoked]["status"] == "failed"
+
+    text = server.log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]  # every line is JSON
+    for secret in (GOOGLE_KEY, OPENAI_KEY, KEY_A, SECRET_A):
+        assert secret not in text
+    for job_id, provider, attempts, status, code in (
+        (refused, "google", 1, "failed", "provider_error"),
+        (made, "google", 1, "succeeded", None),
+        (revoked, "openai", 2, "failed", "provider_error"),
+    ):
+        own = [line for line in lines if line.get("job_id") == job_id]
+        assert all(line["task"] in ("gg_image", "cx_image") for line in own)
+        assert [line.get("event") for line in own if line.get("event") == "submitted"]
+        started = [line for line in own if line.get("event") == "started"]
+        assert len(started) == attempts
+        assert all(line["backend"].startswith(f"{provider}-") for line in started)
+        (finished,) = [line for line in own if line.get("event") == "finished"]
+        assert (finished["status"], finished["error_code"]) == (status, code)
+    (retried,) = [line for line in lines if line.get("event") == "retried"]
+    assert retried["job_id"] == revoked and retried["error_code"] == "provider_error"

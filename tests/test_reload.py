@@ -4,6 +4,7 @@ jobs; a broken file is rejected and the running config stays."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -15,8 +16,11 @@ import aiohttp
 import msgspec
 
 from tests.conftest import KEY_A, KEY_ADMIN, StartServer, base_config, merge
+from tests.fake_providers import FakeGoogle
 from tests.process import AhvProcess
+from tests.sse import SseReader
 from tests.test_crash import ahv_process
+from tests.test_providers_google import GOOGLE_KEY
 
 __all__ = ["ahv_process"]
 
@@ -196,3 +200,124 @@ async def test_fewer_slots_let_running_jobs_finish_first(start_server: StartServ
         await api.wait(job["job_id"], frozenset({"running"}))
     docs = [await api.wait(job["job_id"]) for job in again]
     assert {d["result"]["meta"]["backend"] for d in docs} == {"cpu-1", "cpu-2", "cpu-3"}
+
+
+async def test_sighup_with_event_streams_open_and_a_cloud_provider(
+    ahv_process: Any, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    # Open event streams go on across a reload; [providers] is read at start only: a new
+    # key there is named as needing a restart, and the provider backend keeps its slots and
+    # its running key (its jobs still succeed). The grace time logged on SIGTERM is the
+    # reloaded one.
+    google = await FakeGoogle.start(aiohttp_server, GOOGLE_KEY)
+    section = {"api_key": GOOGLE_KEY, "base_url": google.url, "concurrency": 2}
+    server = _server(ahv_process, tmp_path, providers={"google": section})
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        async with (
+            session.get(f"{server.url}/v1/events", headers={"X-API-Key": KEY_ADMIN}) as all_events,
+        ):
+            stream = SseReader(all_events)
+            assert (await stream.next()).event == "hello"  # type: ignore[union-attr]
+            status, body = await server.post(session, KEY_A, SLEEP)
+            assert status == 202
+            running = body["job_id"]
+            await server.wait(session, running, {"running"})
+            async with session.get(
+                f"{server.url}/v1/jobs/{running}/events", headers={"X-API-Key": KEY_A}
+            ) as job_events:
+                own = SseReader(job_events)
+                first = await own.next()
+                assert first is not None and first.json["status"] == "running"
+                moved = {**section, "api_key": "AIzaSyNEW-key-never-used-0000", "concurrency": 5}
+                new = merge(
+                    server.config,
+                    {"providers": {"google": moved}, "server": {"shutdown_grace_s": 7}},
+                )
+                line = await server.reload(new, "config reloaded")
+                assert "needs restart: providers" in line and "server.shutdown_grace_s" in line
+                assert "AIzaSy" not in server.log_text()
+                # The job's own stream ends with its final status, after the reload.
+                rest = await own.events(timeout_s=15)
+                assert rest[-1].json["status"] == "succeeded"
+                assert rest[-1].json["job_id"] == running
+            # The all-jobs stream saw it too, and sees the provider job made after the reload.
+            status, body = await server.post(
+                session, KEY_A, {"task": "gg_image", "payload": {"prompt": "after"}}
+            )
+            assert status == 202
+            made = body["job_id"]
+            seen: dict[str, str] = {}
+            while seen.get(made) != "succeeded":
+                message = await stream.next(timeout_s=15)
+                assert message is not None
+                if message.event == "job":
+                    seen[message.json["job_id"]] = message.json["status"]
+            assert seen[running] == "succeeded"
+        assert google.of("predict")[-1].headers["x-goog-api-key"] == GOOGLE_KEY
+        async with session.get(
+            f"{server.url}/diag/backends", headers={"X-API-Key": KEY_ADMIN}
+        ) as response:
+            backends = {b["name"]: b for b in (await response.json())["backends"]}
+        assert backends["google"]["slots"] == 2 and backends["google"]["kind"] == "provider"
+    server.process.terminate()
+    assert await asyncio.to_thread(server.process.wait_exit, 20) == 0
+    assert "running jobs get 7.0 s" in server.log_text()
+
+
+async def test_sighup_ends_the_event_streams_of_removed_and_changed_keys(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # A removed key gets 401 at once, and so must its open streams end: else a revoked key
+    # would go on watching jobs. client-a is removed, client-b becomes an admin (its stream
+    # was filtered to its own jobs); the admin's stream is untouched and goes on.
+    server = _server(ahv_process, tmp_path, server={"sse_keepalive_s": 0.2})
+    await server.start()
+    key_b = "key-client-b"
+    async with aiohttp.ClientSession() as session:
+        status, body = await server.post(session, KEY_A, SLEEP)
+        assert status == 202
+        running = body["job_id"]
+        await server.wait(session, running, {"running"})
+        urls = {
+            "a": f"{server.url}/v1/events",
+            "a-job": f"{server.url}/v1/jobs/{running}/events",
+            "b": f"{server.url}/v1/events",
+            "admin": f"{server.url}/v1/events",
+        }
+        keys = {"a": KEY_A, "a-job": KEY_A, "b": key_b, "admin": KEY_ADMIN}
+        async with contextlib.AsyncExitStack() as stack:
+            readers = {}
+            for name, url in urls.items():
+                response = await stack.enter_async_context(
+                    session.get(url, headers={"X-API-Key": keys[name]})
+                )
+                assert response.status == 200
+                readers[name] = SseReader(response)
+                assert (await readers[name].next()) is not None  # hello, or the job now
+            new = dict(server.config)
+            new["keys"] = [
+                {**key, "role": "admin"} if key["name"] == "client-b" else key
+                for key in server.config["keys"]
+                if key["name"] != "client-a"
+            ]
+            line = await server.reload(new, "config reloaded")
+            assert "keys" in line
+
+            async def ends(reader: SseReader) -> bool:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if await reader.next() is None:
+                        return True
+                return False
+
+            for name in ("a", "a-job", "b"):
+                assert await ends(readers[name]), f"the {name} stream goes on"
+            # The admin's stream goes on: it sees the job end.
+            while True:
+                message = await readers["admin"].next(timeout_s=15)
+                assert message is not None
+                if message.event == "job" and message.json["status"] == "succeeded":
+                    break
+        async with session.get(urls["a"], headers={"X-API-Key": KEY_A}) as again:
+            assert again.status == 401

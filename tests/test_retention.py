@@ -4,6 +4,7 @@ disk guard refuses new jobs with 503 while running ones finish."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from ahv.config import Config, ConfigError, parse_config
 from ahv.jobs import JobRow
 from ahv.reload import live_config
 from ahv.store import _INSERT_SQL, _MIGRATIONS, _insert_values
-from tests.conftest import Api, Receiver, StartServer, base_config, merge
+from tests.conftest import KEY_A, KEY_B, Api, Receiver, StartServer, base_config, merge
+from tests.sse import SseReader
 
 
 async def _file_status(api: Api, url: str) -> tuple[int, Any]:
@@ -129,6 +131,66 @@ async def test_per_task_retention_and_pending_webhooks(
     assert status == 200
     status, body = await _file_status(api, pending["result"]["url"])
     assert status == 404
+
+
+async def test_event_streams_hear_of_expired_records(start_server: StartServer) -> None:
+    # A record removed by retention is gone like a deleted job: the live streams (the
+    # dashboard's) say `deleted`, so nothing keeps showing a job that is now a 404.
+    api = await start_server(
+        retention={"files_s": 60, "jobs_s": 120, "sweep_interval_s": 3600},
+        server={"sse_keepalive_s": 0.2},
+    )
+    async with (
+        api.session.get(api.url + "/v1/events", headers={"X-API-Key": KEY_A}) as response,
+        api.session.get(api.url + "/v1/events", headers={"X-API-Key": KEY_B}) as other_response,
+    ):
+        stream, other = SseReader(response), SseReader(other_response)
+        for reader in (stream, other):
+            assert (await reader.next()).event == "hello"  # type: ignore[union-attr]
+        job = await api.submit("sleep", {"seconds": 0, "write_file": True})
+        doc = await api.wait(job["job_id"])
+        report = await api.orchestrator.sweeper.sweep(
+            now=doc["finished_at_ms"] * 1000 + 121 * 10**6
+        )
+        assert report.jobs == 1
+        seen = []
+        deadline = time.monotonic() + 10
+        while not seen or seen[-1].event != "deleted":
+            assert time.monotonic() < deadline, [m.event for m in seen]
+            message = await stream.next()
+            assert message is not None
+            if message.event is not None:
+                seen.append(message)
+        assert seen[-1].json == {"job_id": job["job_id"]}
+        # Another client's stream never heard of the job, nor of its end.
+        assert (await other.next()).comment == "keepalive"  # type: ignore[union-attr]
+
+
+async def test_a_reloaded_retention_sweeps_at_once(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An hour between sweeps; a reload that shortens files_s (to free disk space) sweeps now.
+    caplog.set_level(logging.INFO, logger="ahv.retention")
+    api = await start_server(retention={"files_s": 3600, "jobs_s": 7200, "sweep_interval_s": 3600})
+    doc = await api.wait((await api.submit("sleep", {"seconds": 0, "write_file": True}))["job_id"])
+    path = api.orchestrator.files_dir / doc["result"]["filename"]
+    await asyncio.sleep(0.2)  # the job ended 0.2 s ago: past the new files_s below
+    assert path.is_file()
+    old = api.orchestrator.config
+    shorter = msgspec.structs.replace(old.retention, files_s=0.1)
+    api.orchestrator.apply_config(msgspec.structs.replace(old, retention=shorter))
+
+    async def removed() -> bool:
+        return not path.exists()
+
+    await _until(removed, timeout_s=5)
+    assert (await _file_status(api, doc["result"]["url"]))[0] == 410
+
+    async def swept() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == "retention_swept"]
+
+    (line,) = await _until(swept)  # its log line, with the counts as fields
+    assert (line.files_removed, line.jobs_removed) == (1, 0)  # type: ignore[attr-defined]
 
 
 async def test_a_database_from_before_retention_is_migrated(

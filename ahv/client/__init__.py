@@ -16,6 +16,7 @@ from ahv.client.types import (
     JobEvent,
     JobPage,
     JobResult,
+    ResultFile,
     WebhookEvent,
 )
 from ahv.client.webhooks import WebhookVerificationError, verify_webhook
@@ -30,6 +31,7 @@ __all__ = [
     "JobEvent",
     "JobPage",
     "JobResult",
+    "ResultFile",
     "WebhookEvent",
     "WebhookVerificationError",
     "verify_webhook",

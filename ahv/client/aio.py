@@ -268,9 +268,11 @@ class AsyncClient:
                         return last
         except AhvClientError as exc:
             # `not_found` is an unknown endpoint (a server without events); an unknown job
-            # is `job_not_found` and goes up to the caller.
+            # is `job_not_found` and goes up to the caller. No answer, or a gateway's or a
+            # draining server's (a reverse proxy says 502 while ahv restarts): polled out as
+            # wait() polls them out.
             if exc.status in (404, 405) and exc.code in ("not_found", "method_not_allowed"):
                 self._events_supported = False
-            elif exc.code != "connection_error":
+            elif not _is_transient(exc):
                 raise
         return None

@@ -19,12 +19,25 @@ class JobError(msgspec.Struct, kw_only=True):
     message: str = ""
 
 
+class ResultFile(msgspec.Struct, kw_only=True):
+    """One file of a job with several results (cloud image generation): `meta` holds its
+    width, height, mime, bytes and index."""
+
+    url: str
+    filename: str
+    meta: dict[str, Any] = {}
+
+
 class JobResult(msgspec.Struct, kw_only=True):
+    """What a succeeded job made: `url`/`filename` are its (first) result file, `files` every
+    file of a task with several outputs (empty for the others)."""
+
     ok: bool = True
     status: str = ""
     url: str | None = None
     filename: str | None = None
     meta: dict[str, Any] = {}
+    files: list[ResultFile] = []
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -50,7 +63,12 @@ class Job(msgspec.Struct, kw_only=True):
     error: JobError | None = None
     priority: int | None = None
     attempts: int = 0
+    # When the result files expire (retention); None until the job is final, or kept for ever.
+    expires_at: datetime | None = None
+    expires_at_ms: int | None = None
     queue_position: int | None = None
+    # The job's payload as the server decoded it (defaults filled in); only `get()` has it.
+    payload: dict[str, Any] | None = None
 
     @property
     def is_final(self) -> bool:

@@ -40,9 +40,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     _refuse_when_closed(hub.closed)
     job_id = request.match_info["job_id"]
     # Subscribe before reading the job, so no change between the two is missed.
-    sub = hub.subscribe(job_id=job_id)
+    who = caller(request)
+    sub = hub.subscribe(job_id=job_id, key_name=who.name)
     try:
-        job = await app.visible_job(caller(request), job_id)
+        job = await app.visible_job(who, job_id)
         first = hub.event(job, app.document(job))
         sub.skip_through(first.id)  # changes already in what was just read
         response = await _open(request)
@@ -75,6 +76,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
         owner=None if who.is_admin else who.name,
         task=request.query.get("task") or None,
         status=status,
+        key_name=who.name,
     )
     try:
         response = await _open(request)
