@@ -97,7 +97,9 @@ async def test_queue_depth_and_busy_slots_while_jobs_wait(start_server: StartSer
     assert value(samples, "ahv_jobs_running") == 1
     assert value(samples, "ahv_backend_slots", backend="cpu") == 1
     assert value(samples, "ahv_backend_slots_busy", backend="cpu") == 1
-    for job in [running, *waiting]:
+    # The queued ones first: canceling the running one first frees the slot, and the next
+    # queued job could be claimed before its own cancel arrives.
+    for job in [*waiting, running]:
         await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
     await api.wait(running["job_id"])
     samples = await scrape(api)
