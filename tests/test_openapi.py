@@ -275,3 +275,11 @@ async def test_cloud_jobs_stats_backends_and_deliveries_match_the_document(
     assert b'ahv_jobs_finished_total{status="succeeded",task="gg_image"} 1.0' in text
     await call("GET", "/metrics", key=KEY_A)  # 403, documented
     await call("GET", "/metrics", key=None)  # 401, documented
+    # Either credential is documented: an admin key, or the bearer metrics token.
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["metricsToken"] == {
+        **schemes["metricsToken"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert doc["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}, {"metricsToken": []}]

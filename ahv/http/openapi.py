@@ -20,7 +20,7 @@ import ahv
 from ahv.api_types import ErrorBody, JobDocument, WebhookEnvelope
 from ahv.config import Config
 from ahv.http.keys import orchestrator
-from ahv.http.middleware import is_public
+from ahv.http.middleware import SELF_AUTHENTICATED, is_public
 from ahv.http.openapi_routes import ERROR_CODES, ROUTES, Media, Route
 from ahv.http.openapi_tasks import task_routes
 from ahv.tasks import TaskSpec
@@ -29,6 +29,7 @@ from ahv.webhooks import EVENTS
 _REF = "#/components/schemas/{name}"
 Link = tuple[str, str]
 _SECURITY = "apiKey"
+_METRICS_TOKEN = "metricsToken"
 _RETRY_AFTER = {
     "Retry-After": {
         "description": "seconds to wait before trying again",
@@ -111,7 +112,14 @@ def build_document(registry: Mapping[str, TaskSpec], config: Config) -> dict[str
         "webhooks": _webhooks(schema_of),
         "components": {
             "schemas": components,
-            "securitySchemes": {_SECURITY: {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "securitySchemes": {
+                _SECURITY: {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                _METRICS_TOKEN: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`server.metrics_token`, for a scraper that holds no key",
+                },
+            },
         },
     }
 
@@ -128,6 +136,8 @@ def _operation(
         operation["description"] = route.description
     if is_public(route.path):
         operation["security"] = []
+    elif route.path in SELF_AUTHENTICATED:  # /metrics: an admin key, or the metrics token
+        operation["security"] = [{_SECURITY: []}, {_METRICS_TOKEN: []}]
     parameters = _parameters(route)
     if parameters:
         operation["parameters"] = parameters
