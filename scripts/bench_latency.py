@@ -54,9 +54,9 @@ from scripts.proofkit import (
     API_KEY,
     AhvServer,
     base_config,
-    bound_port,
     install_uvloop,
     percentile,
+    serve_local,
 )
 
 
@@ -100,11 +100,8 @@ async def measure_ahv(args: argparse.Namespace, workdir: Path, result: Latencies
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    webhook = f"http://127.0.0.1:{bound_port(site)}/hook"
+    runner, base = await serve_local(app)
+    webhook = f"{base}/hook"
     config = base_config(
         workdir / "data",
         backends=[{"name": "cpu", "slots": args.slots, "tasks": ["sleep"]}],

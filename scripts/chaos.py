@@ -69,7 +69,7 @@ from scripts.proofkit import (
     AhvServer,
     LocalFiles,
     base_config,
-    bound_port,
+    serve_local,
     signature_ok,
     tiny_png,
 )
@@ -459,11 +459,8 @@ async def run(options: Options) -> Report:
         await files.start()
         app = web.Application()
         app.router.add_post("/hook", receiver.handle)
-        hook_runner = web.AppRunner(app, access_log=None)
-        await hook_runner.setup()
-        site = web.TCPSite(hook_runner, "127.0.0.1", 0)
-        await site.start()
-        webhook = f"http://127.0.0.1:{bound_port(site)}/hook"
+        hook_runner, hook_base = await serve_local(app)
+        webhook = f"{hook_base}/hook"
         live = Live(server)
         try:
             await asyncio.to_thread(server.start)

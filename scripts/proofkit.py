@@ -193,11 +193,7 @@ class LocalFiles:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/{name}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base = f"http://127.0.0.1:{bound_port(site)}"
+        self._runner, self.base = await serve_local(app)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -208,6 +204,15 @@ class LocalFiles:
         if data is None:
             return web.Response(status=404)
         return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def serve_local(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free 127.0.0.1 port: its runner (to clean up) and base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{bound_port(site)}"
 
 
 def bound_port(site: web.TCPSite) -> int:

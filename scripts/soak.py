@@ -52,10 +52,10 @@ from scripts.proofkit import (
     AhvServer,
     LocalFiles,
     base_config,
-    bound_port,
     install_uvloop,
     open_fds,
     rss_mb,
+    serve_local,
     signature_ok,
     tiny_png,
 )
@@ -165,11 +165,8 @@ async def run(options: Options) -> Report:
         receiver = Receiver()
         app = web.Application()
         app.router.add_post("/hook", receiver.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        webhook = f"http://127.0.0.1:{bound_port(site)}/hook"
+        runner, base = await serve_local(app)
+        webhook = f"{base}/hook"
         good = [files.add(f"in{i}.png", tiny_png(64, 48, seed=i)) for i in range(8)]
         bad = files.add("notes.png", b"a text file, not an image\n" * 10)
         exit_status: int | None = None
