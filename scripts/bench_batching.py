@@ -25,10 +25,17 @@ The input image (a 640×480 PNG) is served by this script from 127.0.0.1
 (`fetch.allowed_networks` lets it in). The result is the ratio on/off against a goal of 1.5.
 Exit status is 0 whatever the ratio; 1 when a server fails to start.
 
+What bounds the ratio, printed too: the model alone, in this process on the same device,
+timed per image at batch 1 and at batch `--max-batch` (the most a batcher can gain on the
+model), and the share of a job's time that the model takes (fetch, decode, PNG encode and the
+queue do not batch). `--device cuda:0` runs both servers' backend and that model timing on a
+GPU, where batching is meant to pay.
+
 Run from the repository root:
 
     python scripts/bench_batching.py                 # ~1 min
     python scripts/bench_batching.py --rounds 5 --slots 16
+    python scripts/bench_batching.py --device cuda:0   # on a GPU box
 """
 
 from __future__ import annotations
@@ -93,6 +100,27 @@ def make_model(path: Path, size: int = 320, width: int = 16) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+def model_ms_per_image(path: Path, device: str, batch: int, repeats: int = 20) -> float:
+    """Median ms per image of the bench model alone at `batch` images a run on `device`."""
+    from ahv.models.sessions import preload_cuda_libraries, providers_for
+
+    if device.startswith("cuda"):
+        preload_cuda_libraries()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=providers_for(device))
+    feed = np.random.default_rng(0).random((batch, 3, 320, 320), dtype=np.float32)
+    name = session.get_inputs()[0].name
+    for _ in range(3):
+        session.run(None, {name: feed})
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {name: feed})
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000.0 / batch
+
+
 def make_image() -> bytes:
     y, x = np.mgrid[0:480, 0:640]
     image = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
@@ -137,8 +165,8 @@ max_batch = {args.max_batch}
 max_wait_ms = {args.max_wait_ms}
 
 [[backends]]
-name = "cpu"
-device = "cpu"
+name = "bench"
+device = "{args.device}"
 slots = {args.slots}
 tasks = ["remove_background"]
 """
@@ -212,6 +240,8 @@ async def main_async(args: argparse.Namespace) -> int:
             models_dir = workdir / "models"
             models_dir.mkdir()
             make_model(models_dir / f"{MODEL}.onnx")
+            single_ms = model_ms_per_image(models_dir / f"{MODEL}.onnx", args.device, 1)
+            batch_ms = model_ms_per_image(models_dir / f"{MODEL}.onnx", args.device, args.max_batch)
             for round_index in range(args.rounds):
                 for name in ("on", "off"):
                     rate, stats = await measure(name, workdir, models_dir, image_url, args)
@@ -236,6 +266,15 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(f"batching on : {on:6.2f} jobs/s (median)  mean batch {last['on'].get('mean_batch')}")
     print(f"batching off: {off:6.2f} jobs/s (median)")
+    print(
+        f"the model alone on {args.device}: {single_ms:.2f} ms/image at batch 1, "
+        f"{batch_ms:.2f} ms/image at batch {args.max_batch} ({single_ms / batch_ms:.2f}x: "
+        "the most batching can gain on the model)"
+    )
+    print(
+        f"the model's share of an unbatched job: {single_ms / (1000.0 / off) * 100:.0f}% "
+        f"of the {1000.0 / off:.1f} ms per job (the rest does not batch)"
+    )
     verdict = "meets" if ratio >= GOAL else "below"
     print(f"ratio on/off: {ratio:.2f}x ({verdict} the {GOAL}x goal)")
     return 0
@@ -248,6 +287,7 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--device", default="cpu", help="the backend's device: cpu or cuda:N")
     return asyncio.run(main_async(parser.parse_args()))
 
 

@@ -159,6 +159,66 @@ def test_a_lone_caller_waits_at_most_max_wait(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 0.015
 
 
+class Slow(Counting):
+    """A session whose runs take `run_s` and that records how many ran at once."""
+
+    def __init__(self, session: Any, run_s: float) -> None:
+        super().__init__(session)
+        self.run_s = run_s
+        self.running = 0
+        self.most_at_once = 0
+
+    def run(self, output_names: Any, feeds: dict[str, Any], *args: Any) -> Any:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.run_s)
+            return super().run(output_names, feeds, *args)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_calls_that_arrive_during_a_run_make_the_next_batch(tmp_path: Path) -> None:
+    session = load(make_conv(tmp_path / "conv.onnx"))
+    slow = Slow(session, run_s=0.3)
+    batched = BatchedSession(slow, max_batch=8, max_wait_ms=0)
+    feeds = inputs(8)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batched.run, None, {"input": feeds[0]})
+        time.sleep(0.1)  # the first call runs alone (no wait); the others queue behind it
+        rest = [pool.submit(batched.run, None, {"input": x}) for x in feeds[1:]]
+        results = [first.result(), *(future.result() for future in rest)]
+    assert slow.sizes == [1, 7], slow.sizes
+    assert slow.most_at_once == 1
+    for x, result in zip(feeds, results, strict=True):
+        np.testing.assert_allclose(result[0], session.run(None, {"input": x})[0], atol=1e-6)
+    assert batched.stats() == {"batches": 2, "items": 8, "mean_batch": 4.0}
+
+
+def test_the_oldest_call_goes_first_and_groups_do_not_mix(tmp_path: Path) -> None:
+    session = load(make_conv(tmp_path / "conv.onnx", size="S"))
+    slow = Slow(session, run_s=0.2)
+    batched = BatchedSession(slow, max_batch=3, max_wait_ms=0)
+    small, large = inputs(4, 16), inputs(3, 32)
+    order: list[tuple[int, ...]] = []
+    with ThreadPoolExecutor(8) as pool:
+        busy = pool.submit(batched.run, None, {"input": small[0]})
+        time.sleep(0.05)
+        queued = []
+        for x in [large[0], small[1], large[1], small[2], small[3], large[2]]:
+            queued.append(pool.submit(batched.run, None, {"input": x}))
+            time.sleep(0.01)
+        for future in [busy, *queued]:
+            order.append(future.result()[0].shape)
+    # Alone first; then the oldest queued call's group (large, 3 of them), then the small ones
+    # (3 fit in one run of max_batch 3).
+    assert slow.sizes == [1, 3, 3], slow.sizes
+    assert slow.most_at_once == 1
+    assert order[0] == (1, 1, 16, 16) and order[1] == (1, 1, 32, 32)
+
+
 # -- through the server ---------------------------------------------------------------------
 
 

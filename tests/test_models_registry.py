@@ -405,6 +405,12 @@ def test_cuda_that_runs_on_cpu_is_degraded(
     first = cache.for_slot("gpu-1").get("tiny", "cuda:0")
     second = cache.for_slot("gpu-2").get("tiny", "cuda:0")
     assert first is not second and cache.for_slot("gpu-1").get("tiny", "cuda:0") is first
+    # Batched runs have one wrapper per device, shared by every slot (a slot's own session
+    # serves one job at a time, so no other job could join its batches), on a session of its own.
+    wrapper = cache.for_slot("gpu-1").batched("tiny", "cuda:0", max_batch=8, max_wait_ms=5)
+    again = cache.for_slot("gpu-2").batched("tiny", "cuda:0", max_batch=4, max_wait_ms=1)
+    assert again is wrapper and wrapper.session not in (first, second)
+    assert wrapper.max_batch == 4  # a reloaded [batching] applies to the live wrapper
     # With require_gpu, the session is refused rather than run on CPU.
     strict = SessionCache(tiny_registry, require_gpu={"cuda:0"})
     with pytest.raises(AhvError) as refused:

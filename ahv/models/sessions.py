@@ -25,10 +25,12 @@ its stream while other slots run on theirs. The price is the weights held once p
 `gpu_mem_limit_mb` caps each of those sessions' arena. On `cpu` one session per model is
 shared by all slots (concurrent `run()` is safe and there is no stream).
 
-Batching. `batched(model, device, ...)` wraps the session of `get` in a BatchedSession
-(ahv.models.batching), one per session, so on `cpu` the runs of concurrent jobs on one model
-are gathered into batched runs. On CUDA it follows `get`, one per slot: a slot runs one job at
-a time, so there it batches only concurrent calls made within one job.
+Batching. `batched(model, device, ...)` wraps a session in a BatchedSession
+(ahv.models.batching), one per (model, device), so the runs of concurrent jobs on one model are
+gathered into batched runs. On `cpu` it wraps the shared session of `get`. On CUDA it has a
+session of its own (slot key `batched`), shared by every slot of the device: a slot's session
+serves one job at a time, so no other job could join its batches. A BatchedSession makes one
+run at a time, so that one session's stream serves them all.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 _CUDA_DEVICE = re.compile(r"^cuda:(\d+)$")
+_BATCHED_SLOT = "batched"  # the slot key of the session behind a CUDA device's batched runs
 
 # (kind, model name or file path, device, slot); slot is None on cpu.
 _Key = tuple[str, str, str, str | None]
@@ -221,19 +224,18 @@ class SessionCache:
     def batched(
         self, model: str, device: str, *, max_batch: int, max_wait_ms: float
     ) -> BatchedSession:
-        """The session of `get(model, device)` wrapped so that concurrent runs from several
-        jobs are batched (see ahv.models.batching); one wrapper per session."""
-        session = self.get(model, device)
-        key = self._key("model", model, device, None)
-        if cuda_index(device) is not None:
-            # A CUDA session belongs to one slot, which runs one job at a time: no other job
-            # can join a batch, so waiting for one would only add latency.
-            max_wait_ms = 0.0
+        """The session of `model` on `device` wrapped so that concurrent runs from several
+        jobs are batched (see ahv.models.batching); one wrapper per (model, device), shared by
+        every slot (see the module doc)."""
+        session = self.get(model, device, slot=_BATCHED_SLOT)
+        key = self._key("model", model, device, _BATCHED_SLOT)
         with self._shared.lock:
             wrapper = self._shared.batched.get(key)
             if wrapper is None or wrapper.session is not session:
                 wrapper = BatchedSession(session, max_batch=max_batch, max_wait_ms=max_wait_ms)
                 self._shared.batched[key] = wrapper
+            else:  # [batching] may have been reloaded
+                wrapper.configure(max_batch=max_batch, max_wait_ms=max_wait_ms)
             return wrapper
 
     def batching(self, device: str) -> dict[str, dict[str, Any]]:
