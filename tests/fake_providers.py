@@ -12,7 +12,8 @@ polling, base64 results, error bodies, safety blocks), with scriptable behaviour
 
 A malformed request gets the provider's own 400 body, so a request shape ahv gets wrong fails
 the test instead of passing silently. `script(kind, Reply...)` queues answers that are given
-before the default behaviour; `always[kind]` answers every call (500 for ever).
+before the default behaviour; `always[kind]` answers every call (500 for ever). `delay_s` makes
+model calls slow; a client that hangs up meanwhile is recorded in `hangups`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import functools
 import io
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +109,8 @@ class _Fake:
         self.always: dict[str, Reply] = {}
         self.server: TestServer | None = None
         self.changed = asyncio.Event()
+        self.delay_s = 0.0  # how long model calls take to answer
+        self.hangups: list[str] = []  # kinds of the calls whose client left before the answer
 
     @property
     def url(self) -> str:
@@ -120,16 +124,35 @@ class _Fake:
         return [c for c in self.calls if c.kind == kind]
 
     async def wait_calls(self, kind: str, count: int, timeout_s: float = 10) -> list[Call]:
+        await self._until(lambda: len(self.of(kind)) >= count, timeout_s, f"{count} {kind} calls")
+        return self.of(kind)
+
+    async def wait_hangup(self, kind: str, timeout_s: float = 5) -> None:
+        await self._until(lambda: kind in self.hangups, timeout_s, f"the client of a {kind} call")
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
-        while len(self.of(kind)) < count:
+        while not done():
             if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.of(kind))} of {count} {kind} calls")
+                raise AssertionError(f"still waiting for {what} after {timeout_s} s")
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), 0.1)
             except TimeoutError:
                 pass
-        return self.of(kind)
+
+    async def _stall(self, kind: str, request: web.Request) -> bool:
+        """Take `delay_s` to answer, as a slow model does; False when the client hung up
+        meanwhile (its connection closed: the request was abandoned, not waited out)."""
+        deadline = time.monotonic() + self.delay_s
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.hangups.append(kind)
+                self.changed.set()
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def _record(self, kind: str, request: web.Request, body: Any) -> Reply | None:
         self.calls.append(
@@ -157,7 +180,7 @@ class FakeGoogle(_Fake):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.imagen_filtered = 0  # of the images asked for, how many come back filtered
-        self.delay_s = 0.0  # how long model calls take to answer
+        self.generate_images = 1  # generateContent: image parts in the answer
         self.block_reason: str | None = None  # generateContent: promptFeedback.blockReason
         self.finish_reason: str | None = None  # generateContent: a candidate without image
         self.polls_until_done = 2
@@ -202,7 +225,8 @@ class FakeGoogle(_Fake):
         denied = self._denied(request)
         if denied is not None:
             return denied
-        await asyncio.sleep(self.delay_s)
+        if not await self._stall(kind, request):
+            return _json(Reply(499))  # nobody is left to read it
         if scripted is not None:
             return _json(scripted)
         handler = {"predict": self._imagen, "generate": self._generate, "veo": self._veo}[kind]
@@ -272,11 +296,15 @@ class FakeGoogle(_Fake):
             return None, Reply(200, {"candidates": [candidate]})
         aspect = body["generationConfig"].get("imageConfig", {}).get("aspectRatio", "1:1")
         width, height = ASPECTS.get(aspect, (64, 64))
-        image_part = {"inlineData": {"mimeType": "image/png", "data": b64(png(width, height))}}
-        candidate = {
-            "content": {"parts": [{"text": "Here it is."}, image_part], "role": "model"},
-            "finishReason": "STOP",
-        }
+        # Text and images interleaved in one candidate, as the image-generation guide shows.
+        answer: list[dict[str, Any]] = [{"text": "Here it is."}]
+        for i in range(self.generate_images):
+            if i:
+                answer.append({"text": f"And number {i + 1}."})
+            answer.append(
+                {"inlineData": {"mimeType": "image/png", "data": b64(png(width, height, i))}}
+            )
+        candidate = {"content": {"parts": answer, "role": "model"}, "finishReason": "STOP"}
         return None, Reply(200, {"candidates": [candidate], "modelVersion": model})
 
     def _veo(self, model: str, body: Any) -> tuple[str | None, Reply]:
@@ -431,6 +459,8 @@ class FakeOpenAI(_Fake):
         denied = self._denied(request)
         if denied is not None:
             return denied
+        if not await self._stall("generations", request):
+            return _json(Reply(499))
         if scripted is not None:
             return _json(scripted)
         if not isinstance(fields.get("n", 1), int):
@@ -469,6 +499,8 @@ class FakeOpenAI(_Fake):
         denied = self._denied(request)
         if denied is not None:
             return denied
+        if not await self._stall("edits", request):
+            return _json(Reply(499))
         if scripted is not None:
             return _json(scripted)
         if not images or any(i["pixels"] is None for i in images):

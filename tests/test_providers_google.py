@@ -385,6 +385,225 @@ async def test_ahv_image_blocks_are_rejected(
     assert said in doc["error"]["message"]
 
 
+async def test_ahv_image_several_images_from_one_answer(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    # One candidate with text and three images interleaved: every image is a result file.
+    google.generate_images = 3
+    api = await start(start_server, google)
+    job = await api.submit(
+        "ahv_image",
+        {"prompt": "three cats", "aspect_ratio": "4:3"},
+        webhook_url=receiver.url("/ok"),
+    )
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["attempts"] == 1 and len(google.of("generate")) == 1
+    result = doc["result"]
+    files = result["files"]
+    assert len(files) == 3 and len({f["filename"] for f in files}) == 3
+    assert result["url"] == files[0]["url"] and result["filename"] == files[0]["filename"]
+    meta = result["meta"]
+    assert (meta["provider"], meta["model"], meta["images"]) == (
+        "google",
+        "gemini-2.5-flash-image",
+        3,
+    )
+    assert meta["mode"] == "text-to-image" and meta["backend"].startswith("google-")
+    assert meta["text"] == "Here it is. And number 2. And number 3."
+    for i, entry in enumerate(files):
+        # Each file is the provider's i-th image, byte for byte, in the provider's order.
+        expected = png(64, 48, i)
+        assert await download(api, entry["url"]) == expected
+        assert (api.orchestrator.files_dir / entry["filename"]).read_bytes() == expected
+        assert entry["meta"] == {
+            "width": 64, "height": 48, "mime": "image/png", "bytes": len(expected), "index": i,
+        }  # fmt: skip
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "succeeded"
+    assert delivery.json["result"]["files"] == files
+
+
+def gemini_quota_error(retry_delay: str) -> Reply:
+    """A 429 as the Gemini API sends it: RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo
+    details and no Retry-After header (https://ai.google.dev/gemini-api/docs/troubleshooting,
+    https://cloud.google.com/apis/design/errors)."""
+    reply = google_error(
+        429,
+        "You exceeded your current quota, please check your plan and billing details.",
+        "RESOURCE_EXHAUSTED",
+    )
+    reply.body["error"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_requests"}],
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay},
+    ]
+    return reply
+
+
+async def test_ahv_image_429_then_success_after_the_retry_delay(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    # Google's retryDelay (0.5 s) is waited, not the queue's own backoff (<= 0.075 s here).
+    google.script("generate", gemini_quota_error("0.500s"))
+    api = await start(start_server, google, queue={"max_attempts": 3, "retry_max_s": 5})
+    job = await api.submit("ahv_image", {"prompt": "a boat"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["attempts"] == 2 and doc["error"] is None
+    assert len(doc["result"]["files"]) == 1
+    assert await download(api, doc["result"]["url"]) == png(64, 64, 0)
+    first, second = google.of("generate")
+    assert second.at - first.at >= 0.5
+    assert first.body == second.body  # the same request, sent again
+
+
+async def test_ahv_image_500_until_the_attempts_are_spent(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    google.always["generate"] = google_error(500, "Internal error encountered.", "INTERNAL")
+    api = await start(start_server, google, queue={"max_attempts": 3})
+    job = await api.submit("ahv_image", {"prompt": "a boat"}, webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["ok"] is False
+    assert doc["attempts"] == 3 and doc["result"] is None
+    assert doc["error"] == {
+        "code": "provider_error",
+        "message": "google answered HTTP 500: Internal error encountered.",
+    }
+    assert len(google.of("generate")) == 3
+    await asyncio.sleep(0.3)  # several queue backoffs: no attempt after the last
+    assert len(google.of("generate")) == 3
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "failed"
+    assert delivery.json["error"]["code"] == "provider_error"
+
+
+async def test_cancel_during_a_gemini_image_call_in_flight_ends_at_once(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    google.delay_s = 5.0
+    api = await start(start_server, google, queue={"cancel_wait_s": 10})
+    job = await api.submit("ahv_image", {"prompt": "slow"}, webhook_url=receiver.url("/ok"))
+    await google.wait_calls("generate", 1)
+    started = asyncio.get_running_loop().time()
+    status, _, _ = await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
+    assert status == 200
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "canceled" and doc["result"] is None and doc["attempts"] == 1
+    # Neither the 5 s answer nor the 10 s cancel_wait_s grace was waited out.
+    assert asyncio.get_running_loop().time() - started < 2.0
+    # ahv hung up on the provider: the request was abandoned, not left running.
+    await google.wait_hangup("generate")
+    await asyncio.sleep(0.3)
+    assert len(google.of("generate")) == 1  # and not sent again
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    (row,) = [r for r in diag["backends"] if r["name"] == "google"]
+    assert row["busy"] == 0
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "canceled"
+
+
+# -- ahv_video: Veo, 429 and 5xx ---------------------------------------------------------------
+
+
+async def test_veo_429_on_the_start_retries_the_job_after_the_retry_delay(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    google.script("veo", gemini_quota_error("0.500s"))
+    api = await start(start_server, google, queue={"max_attempts": 3, "retry_max_s": 5})
+    job = await api.submit("ahv_video", {"prompt": "waves", "duration_s": 4})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["attempts"] == 2 and doc["error"] is None
+    first, second = google.of("veo")
+    assert second.at - first.at >= 0.5
+    assert first.body == second.body
+    # Only the second start made an operation: it alone was polled, then downloaded.
+    polls = google.of("poll")
+    assert len(polls) == google.polls_until_done
+    assert {p.path for p in polls} == {"/v1beta/models/veo-3.1-generate-preview/operations/op1"}
+    (fetched,) = google.of("download")
+    assert fetched.path == "/v1beta/files/op1:download?alt=media"
+    assert len(doc["result"]["files"]) == 1
+    assert await download(api, doc["result"]["url"]) == google.video_bytes
+
+
+async def test_veo_429_on_a_poll_waits_the_retry_delay_without_a_new_generation(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    # A poll answered 429 is polled again after Google's retryDelay, within the same attempt:
+    # no second (billed) generation is started.
+    google.script("poll", gemini_quota_error("0.500s"))
+    api = await start(start_server, google, queue={"max_attempts": 3})
+    job = await api.submit("ahv_video", {"prompt": "waves"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["attempts"] == 1 and doc["error"] is None
+    assert len(google.of("veo")) == 1
+    limited, *after = google.of("poll")
+    assert len(after) == google.polls_until_done  # the 429 counted for nothing
+    assert after[0].at - limited.at >= 0.5  # FAST_POLLS would have polled within 0.1 s
+    assert len(google.of("download")) == 1
+    assert await download(api, doc["result"]["url"]) == google.video_bytes
+
+
+async def test_veo_5xx_on_the_start_until_the_attempts_are_spent(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    google.always["veo"] = google_error(503, "The model is overloaded.", "UNAVAILABLE")
+    api = await start(start_server, google, queue={"max_attempts": 3})
+    job = await api.submit("ahv_video", {"prompt": "waves"}, webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["ok"] is False
+    assert doc["attempts"] == 3 and doc["result"] is None
+    assert doc["error"] == {
+        "code": "provider_error",
+        "message": "google answered HTTP 503: The model is overloaded.",
+    }
+    assert len(google.of("veo")) == 3
+    await asyncio.sleep(0.3)
+    assert len(google.of("veo")) == 3
+    assert google.of("poll") == [] and google.of("download") == []
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "failed"
+    assert delivery.json["error"] == doc["error"]
+
+
+async def test_veo_500_on_every_poll_until_the_attempts_are_spent(
+    start_server: StartServer, google: FakeGoogle, receiver: Receiver
+) -> None:
+    # Each attempt starts one operation and polls it: the first poll and 3 more tolerated
+    # failures in a row (gen_video._POLL_RETRIES), then the attempt fails and the job is
+    # retried; the second attempt's failure is final.
+    google.polls_until_done = 10**9
+    google.always["poll"] = google_error(500, "Internal error encountered.", "INTERNAL")
+    api = await start(start_server, google, queue={"max_attempts": 2})
+    job = await api.submit("ahv_video", {"prompt": "waves"}, webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["ok"] is False
+    assert doc["attempts"] == 2 and doc["result"] is None
+    assert doc["error"] == {
+        "code": "provider_error",
+        "message": "google answered HTTP 500: Internal error encountered.",
+    }
+    assert len(google.of("veo")) == 2
+    polls = [p.path.rsplit("/", 1)[1] for p in google.of("poll")]
+    assert polls == ["op1"] * 4 + ["op2"] * 4
+    await asyncio.sleep(0.3)  # three poll intervals: no poll after the job ended
+    assert len(google.of("poll")) == 8 and len(google.of("veo")) == 2
+    assert google.of("download") == []
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "failed"
+    assert delivery.json["error"] == doc["error"]
+
+
 # -- the key stays secret ----------------------------------------------------------------------
 
 
