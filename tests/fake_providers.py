@@ -143,16 +143,24 @@ class _Fake:
 
     async def _stall(self, kind: str, request: web.Request) -> bool:
         """Take `delay_s` to answer, as a slow model does; False when the client hung up
-        meanwhile (its connection closed: the request was abandoned, not waited out)."""
+        meanwhile (its connection closed: the request was abandoned, not waited out). aiohttp
+        may instead cancel the handler when the connection is lost: recorded all the same."""
         deadline = time.monotonic() + self.delay_s
-        while time.monotonic() < deadline:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self.hangups.append(kind)
-                self.changed.set()
-                return False
-            await asyncio.sleep(0.01)
+        try:
+            while time.monotonic() < deadline:
+                if _gone(request):
+                    self._hung_up(kind)
+                    return False
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if _gone(request):
+                self._hung_up(kind)
+            raise
         return True
+
+    def _hung_up(self, kind: str) -> None:
+        self.hangups.append(kind)
+        self.changed.set()
 
     def _record(self, kind: str, request: web.Request, body: Any) -> Reply | None:
         self.calls.append(
@@ -163,6 +171,11 @@ class _Fake:
         if queued:
             return queued.pop(0)
         return self.always.get(kind)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _json(reply: Reply) -> web.Response:
@@ -181,6 +194,7 @@ class FakeGoogle(_Fake):
         super().__init__(key)
         self.imagen_filtered = 0  # of the images asked for, how many come back filtered
         self.generate_images = 1  # generateContent: image parts in the answer
+        self.thought_images = 0  # generateContent: interim images marked thought: true first
         self.block_reason: str | None = None  # generateContent: promptFeedback.blockReason
         self.finish_reason: str | None = None  # generateContent: a candidate without image
         self.polls_until_done = 2
@@ -297,7 +311,16 @@ class FakeGoogle(_Fake):
         aspect = body["generationConfig"].get("imageConfig", {}).get("aspectRatio", "1:1")
         width, height = ASPECTS.get(aspect, (64, 64))
         # Text and images interleaved in one candidate, as the image-generation guide shows.
-        answer: list[dict[str, Any]] = [{"text": "Here it is."}]
+        answer: list[dict[str, Any]] = []
+        for i in range(self.thought_images):
+            # A thinking image model's drafts come first, marked as thought
+            # (https://ai.google.dev/api/caching#Part: "thought").
+            answer.append({"text": f"Draft {i + 1}: trying a layout.", "thought": True})
+            draft = png(width, height, 100 + i)
+            answer.append(
+                {"inlineData": {"mimeType": "image/png", "data": b64(draft)}, "thought": True}
+            )
+        answer.append({"text": "Here it is."})
         for i in range(self.generate_images):
             if i:
                 answer.append({"text": f"And number {i + 1}."})

@@ -424,6 +424,22 @@ async def test_ahv_image_several_images_from_one_answer(
     assert delivery.json["result"]["files"] == files
 
 
+async def test_ahv_image_leaves_out_a_thinking_models_draft_images(
+    start_server: StartServer, google: FakeGoogle
+) -> None:
+    # Thinking image models send interim images and text marked thought: true before the
+    # answer: only the answer's image is the result, only its text the meta.
+    google.thought_images = 2
+    api = await start(start_server, google)
+    job = await api.submit("ahv_image", {"prompt": "a cat", "aspect_ratio": "4:3"})
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "succeeded", doc["error"]
+    (entry,) = doc["result"]["files"]
+    assert await download(api, entry["url"]) == png(64, 48, 0)
+    assert doc["result"]["meta"]["images"] == 1
+    assert doc["result"]["meta"]["text"] == "Here it is."
+
+
 def gemini_quota_error(retry_delay: str) -> Reply:
     """A 429 as the Gemini API sends it: RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo
     details and no Retry-After header (https://ai.google.dev/gemini-api/docs/troubleshooting,
@@ -474,7 +490,7 @@ async def test_ahv_image_500_until_the_attempts_are_spent(
         "message": "google answered HTTP 500: Internal error encountered.",
     }
     assert len(google.of("generate")) == 3
-    await asyncio.sleep(0.3)  # several queue backoffs: no attempt after the last
+    await asyncio.sleep(0.4)  # longer than a queue backoff (<= 0.3 s): no attempt after the last
     assert len(google.of("generate")) == 3
     assert list(api.orchestrator.files_dir.iterdir()) == []
     (delivery,) = await receiver.wait_for("/ok")
@@ -566,7 +582,7 @@ async def test_veo_5xx_on_the_start_until_the_attempts_are_spent(
         "message": "google answered HTTP 503: The model is overloaded.",
     }
     assert len(google.of("veo")) == 3
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.4)  # longer than a queue backoff (<= 0.3 s): no attempt after the last
     assert len(google.of("veo")) == 3
     assert google.of("poll") == [] and google.of("download") == []
     assert list(api.orchestrator.files_dir.iterdir()) == []
@@ -595,7 +611,7 @@ async def test_veo_500_on_every_poll_until_the_attempts_are_spent(
     assert len(google.of("veo")) == 2
     polls = [p.path.rsplit("/", 1)[1] for p in google.of("poll")]
     assert polls == ["op1"] * 4 + ["op2"] * 4
-    await asyncio.sleep(0.3)  # three poll intervals: no poll after the job ended
+    await asyncio.sleep(0.4)  # four poll intervals, or a queue backoff: nothing after the end
     assert len(google.of("poll")) == 8 and len(google.of("veo")) == 2
     assert google.of("download") == []
     assert list(api.orchestrator.files_dir.iterdir()) == []

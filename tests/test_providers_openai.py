@@ -149,6 +149,87 @@ async def test_429_honours_retry_after_and_500_is_retried(
     assert second.at - first.at >= 1.0
 
 
+# What OpenAI answers on an internal error (https://platform.openai.com/docs/guides/error-codes).
+SERVER_ERROR = (
+    "The server had an error while processing your request. Sorry about that! You can retry "
+    "your request, or contact us through our help center at help.openai.com if the error "
+    "persists."
+)
+
+
+def cx_payload(mode: str, media: MediaServer) -> dict[str, Any]:
+    """A cx_image generation, or an edit of one input image."""
+    if mode == "generations":
+        return {"prompt": "a boat"}
+    return {"prompt": "a boat", "image_urls": [media.add("in.png", fixtures.astronaut_png())]}
+
+
+@pytest.mark.parametrize("mode", ["generations", "edits"])
+async def test_cx_image_500_until_the_attempts_are_spent(
+    start_server: StartServer,
+    openai: FakeOpenAI,
+    media: MediaServer,
+    receiver: Receiver,
+    mode: str,
+) -> None:
+    openai.always[mode] = openai_error(500, SERVER_ERROR, None, "server_error")
+    api = await start(
+        start_server, openai, queue={"max_attempts": 3, "retry_base_s": 0.2, "retry_max_s": 0.3}
+    )
+    job = await api.submit("cx_image", cx_payload(mode, media), webhook_url=receiver.url("/ok"))
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "failed" and doc["ok"] is False
+    assert doc["attempts"] == 3 and doc["result"] is None
+    assert doc["error"] == {
+        "code": "provider_error",
+        "message": f"openai answered HTTP 500: {SERVER_ERROR}",
+    }
+    calls = openai.of(mode)
+    assert len(calls) == 3
+    # Backed off between attempts: min(retry_max_s, retry_base_s * 2**(attempt-1)), jittered
+    # by 0.5-1.5, so 0.1-0.3 s, then 0.15-0.45 s.
+    assert calls[1].at - calls[0].at >= 0.1
+    assert calls[2].at - calls[1].at >= 0.15
+    assert all(c.headers["Authorization"] == f"Bearer {OPENAI_KEY}" for c in calls)
+    await asyncio.sleep(0.5)  # longer than any further backoff: no fourth attempt
+    assert len(openai.calls) == 3
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "failed"
+    assert delivery.json["error"] == doc["error"]
+
+
+@pytest.mark.parametrize("mode", ["generations", "edits"])
+async def test_cancel_during_a_cx_image_call_in_flight_ends_at_once(
+    start_server: StartServer,
+    openai: FakeOpenAI,
+    media: MediaServer,
+    receiver: Receiver,
+    mode: str,
+) -> None:
+    openai.delay_s = 5.0
+    api = await start(start_server, openai, queue={"cancel_wait_s": 10})
+    job = await api.submit("cx_image", cx_payload(mode, media), webhook_url=receiver.url("/ok"))
+    await openai.wait_calls(mode, 1)
+    started = asyncio.get_running_loop().time()
+    status, _, _ = await api.call("POST", f"/v1/jobs/{job['job_id']}/cancel")
+    assert status == 200
+    doc = await api.wait(job["job_id"])
+    assert doc["status"] == "canceled" and doc["result"] is None and doc["attempts"] == 1
+    # Neither the 5 s answer nor the 10 s cancel_wait_s grace was waited out.
+    assert asyncio.get_running_loop().time() - started < 2.0
+    # ahv hung up on the provider: the request was abandoned, not left running.
+    await openai.wait_hangup(mode)
+    await asyncio.sleep(0.3)
+    assert len(openai.calls) == 1  # and not sent again
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    (row,) = [r for r in diag["backends"] if r["name"] == "openai"]
+    assert row["busy"] == 0
+    assert list(api.orchestrator.files_dir.iterdir()) == []
+    (delivery,) = await receiver.wait_for("/ok")
+    assert delivery.json["status"] == "canceled"
+
+
 async def test_the_key_is_scrubbed_from_provider_messages(
     start_server: StartServer,
     openai: FakeOpenAI,

@@ -167,6 +167,8 @@ class GeminiClient:
         reasons: list[str] = []
         for candidate in answer.candidates:
             for part in candidate.content.parts if candidate.content else []:
+                if part.thought:
+                    continue
                 if part.inline_data is not None and part.inline_data.data:
                     data = await asyncio.to_thread(_b64, part.inline_data.data)
                     found.append(GeneratedImage(data, part.inline_data.mime_type or None))

@@ -104,6 +104,9 @@ class Blob(_In):
 class ResponsePart(_In):
     text: str | None = None
     inline_data: Blob | None = None
+    # A thinking model's reasoning, drafts included (https://ai.google.dev/api/caching#Part):
+    # never part of the answer.
+    thought: bool = False
 
 
 class CandidateContent(_In):
