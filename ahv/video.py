@@ -5,6 +5,8 @@ bounded queues, so memory does not grow with the video's length.
   in batches of up to `batch_size`; the output carries no rotation tag.
 - Each frame keeps its source timestamp (variable frame rate stays in sync, duration is kept).
 - Output: MP4, H.264 (libx264, yuv420p, BT.601), 8-bit SDR (10-bit input is converted down).
+  HDR (PQ, HLG) and BT.2020 input is converted to BT.709 SDR by swscale's colour management
+  (see VideoFrames.bgr) and the output is tagged BT.709 primaries and transfer; no HDR output.
   Odd sizes are padded to even by repeating the last row/column.
 - Audio: the first audio track is copied when MP4 can hold its codec and there is no trim,
   otherwise decoded, resampled and encoded to AAC. A video without audio gives one without.
@@ -199,7 +201,9 @@ class _Pipeline:
     def _open_output(self, first: Frame) -> None:
         height, width = first.shape[:2]
         self.size = (width + width % 2, height + height % 2)
-        self.vout = media.add_h264_stream(self.out, self.size, self.rate, self.tb)
+        self.vout = media.add_h264_stream(
+            self.out, self.size, self.rate, self.tb, bt709=self.video.to_sdr
+        )
         if self.audio_mode == "copied" and self.ain is not None:
             self.aout = self.out.add_stream_from_template(self.ain)
         elif self.aac is not None:

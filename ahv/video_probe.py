@@ -18,6 +18,7 @@ import av.container
 import cv2
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from ahv.errors import AhvError
 
@@ -38,6 +39,11 @@ X264_OPTIONS = {"preset": "veryfast", "crf": "18", "bf": "0"}
 AAC_RATES = frozenset({96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 8000})
 # Packets the probe reads at most while looking for the first frame (B-frame reorder delay).
 _PROBE_PACKETS = 64
+# HDR transfers (AVCOL_TRC_SMPTE2084 = PQ/HDR10, AVCOL_TRC_ARIB_STD_B67 = HLG) and wide-gamut
+# primaries (AVCOL_PRI_BT2020): frames tagged so are converted to BT.709 SDR on decode.
+HDR_TRCS = frozenset({16, 18})
+WIDE_PRIMARIES = frozenset({9})
+BT709 = 1  # AVCOL_PRI_BT709 and AVCOL_TRC_BT709
 
 
 class VideoInfo(NamedTuple):
@@ -189,6 +195,10 @@ class VideoFrames:
         self.start, self.end, self.offset = start_s, end_s, start_s or 0.0
         self.last_t = -self.step
         self.done = False  # past end_s
+        self.to_sdr = False  # some frame was HDR or wide gamut, converted to BT.709 SDR
+        # One converter for all frames: setting up the colour conversion takes about a second
+        # (frame.reformat would set up a fresh one for every frame), each call after it ms.
+        self.reformatter = VideoReformatter()
 
     def decode(self, packet: av.Packet[Any]) -> list[tuple[npt.NDArray[np.uint8], float]]:
         kept = []
@@ -202,9 +212,21 @@ class VideoFrames:
                 self.done = True
             elif self.start is None or t >= self.start:
                 self.last_t = t
-                pixels = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
-                kept.append((upright(pixels, frame.rotation), t - self.offset))
+                kept.append((upright(self.bgr(frame), frame.rotation), t - self.offset))
         return kept
+
+    def bgr(self, frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+        """8-bit BGR pixels. An HDR (PQ, HLG) or BT.2020 frame goes through swscale's colour
+        management to BT.709 primaries and transfer, gamut mapped: SDR white is the peak the
+        source declares (HDR10 mastering metadata), else BT.2408 reference white (203 cd/m²);
+        brighter highlights are clipped. Without it, PQ code values would be shown as SDR
+        ones: the flat, grey "washed out" picture of input case C24."""
+        if frame.color_trc in HDR_TRCS or frame.color_primaries in WIDE_PRIMARIES:
+            self.to_sdr = True
+            frame = self.reformatter.reformat(
+                frame, format="bgr24", dst_color_trc=BT709, dst_color_primaries=BT709
+            )
+        return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
 
     def check_complete(self) -> None:
         """corrupt_input when the frames stopped well before where the header says the video
@@ -245,15 +267,24 @@ def yuv420_frame(pixels: npt.NDArray[np.uint8], size: tuple[int, int]) -> av.Vid
 
 
 def add_h264_stream(
-    out: av.container.OutputContainer, size: tuple[int, int], rate: Fraction, tb: Fraction
+    out: av.container.OutputContainer,
+    size: tuple[int, int],
+    rate: Fraction,
+    tb: Fraction,
+    *,
+    bt709: bool = False,
 ) -> av.VideoStream:
     """The output video stream: H.264 yuv420p, BT.601 limited range (as yuv420_frame makes
-    it), timestamps in the source's time base."""
+    it), timestamps in the source's time base. `bt709`: the frames were converted to BT.709
+    SDR (VideoFrames.to_sdr), which the primaries and transfer tags then say."""
     stream = out.add_stream("libx264", rate=rate, options=dict(X264_OPTIONS))
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"
     stream.codec_context.colorspace = 6  # SMPTE 170M
     stream.codec_context.color_range = 1  # MPEG (limited)
+    if bt709:
+        stream.codec_context.color_primaries = BT709
+        stream.codec_context.color_trc = BT709
     stream.time_base = stream.codec_context.time_base = tb
     return stream
 

@@ -14,11 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from ahv.models.face.mtcnn import build_mtcnn_models
+from scripts.make_test_models import make_test_models
+from scripts.tiny_models_objects import make_yolo
 from tests import media as fixtures
 from tests.conftest import KEY_A, Api, MediaServer, Receiver, StartServer
 from tests.fake_providers import FakeGoogle
+from tests.test_faceswap_video import SIZE, make_clip, video_config
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -310,3 +315,143 @@ async def test_cancel_and_delete_a_queued_job_from_the_page(
         await page.locator(ROW.format(blocker["job_id"])).wait_for()
     finally:
         await api.call("POST", f"/v1/jobs/{blocker['job_id']}/cancel")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: Any) -> Path:
+    """Tiny random-weight face models (scripts/make_test_models.py), the real MTCNN detector
+    and a tiny YOLO detector (scripts/tiny_models_objects.py), all with the real signatures."""
+    directory = Path(tmp_path_factory.mktemp("models"))
+    make_test_models(directory)
+    build_mtcnn_models(directory)
+    make_yolo(directory / "yolo_tiny.onnx")
+    return directory
+
+
+def models_cell(page: Any, backend: str) -> Any:
+    return page.locator(f'#backends-body tr[data-backend="{backend}"] td.models')
+
+
+async def test_job_detail_plays_a_video_result(
+    start_server: StartServer, models_dir: Path, media: MediaServer, browser: Any, tmp_path: Path
+) -> None:
+    api = await start_server(**video_config(models_dir))
+    clip = make_clip(tmp_path / "clip.mp4", 24)
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("clip.mp4", clip.read_bytes(), "video/mp4"),
+            "source_url": media.add("face.png", fixtures.astronaut_png(), "image/png"),
+        },
+    )
+    done = await api.wait(job["job_id"], timeout_s=90)
+    assert done["status"] == "succeeded", done["error"]
+    url, meta = done["result"]["url"], done["result"]["meta"]
+
+    dash = await open_dashboard(browser, api)
+    page = dash.page
+    # Every response the page got for the result file (Chromium asks for media by ranges).
+    answers: list[tuple[int, str]] = []
+    page.on(
+        "response",
+        lambda r: (
+            answers.append((r.status, r.headers.get("content-type", ""))) if r.url == url else None
+        ),
+    )
+    row = await dash.wait_row(job["job_id"], "succeeded")
+    await row.click()
+    await page.locator(f'#job-detail[data-job-id="{job["job_id"]}"]').wait_for()
+    video = page.locator("#detail-video")
+    await video.wait_for()
+    assert await video.get_attribute("src") == url
+    assert await page.locator("#detail-image").count() == 0
+    # Chromium read the file as a video: its size and length are the job's.
+    await page.wait_for_function(
+        "() => { const v = document.getElementById('detail-video');"
+        " return v && (v.readyState >= 1 || v.error); }",
+        timeout=15_000,
+    )
+    facts = await page.evaluate(
+        """() => { const v = document.getElementById('detail-video');
+                   return {error: v.error && v.error.code, width: v.videoWidth,
+                           height: v.videoHeight, duration: v.duration}; }"""
+    )
+    assert facts["error"] is None, facts
+    assert (facts["width"], facts["height"]) == (meta["width"], meta["height"]) == SIZE
+    assert abs(facts["duration"] - meta["duration_s"]) < 0.1 and abs(facts["duration"] - 2.0) < 0.1
+    assert answers and all(s in (200, 206) and t == "video/mp4" for s, t in answers), answers
+    # The whole file, as a plain GET from the page (no key needed for /files/).
+    whole = await page.evaluate(
+        """async url => { const r = await fetch(url);
+                          return [r.status, r.headers.get('content-type'),
+                                  (await r.arrayBuffer()).byteLength]; }""",
+        url,
+    )
+    async with api.session.get(url) as response:
+        assert whole == [200, "video/mp4", len(await response.read())]
+    # A frame from the middle, for the screenshot.
+    await page.evaluate(
+        """() => new Promise(done => { const v = document.getElementById('detail-video');
+                                      v.addEventListener('seeked', done, {once: true});
+                                      v.currentTime = 1.0; })"""
+    )
+    await page.locator("#job-detail").screenshot(path=tmp_path / "dashboard-video.png")
+    # The face models the job used are loaded on its backend.
+    await models_cell(page, "cpu").locator(".chip", has_text="inswapper_128").wait_for()
+    await dash.check_not_reloaded()
+
+
+async def test_scan_objects_detail_shows_its_json_and_the_detector_loads(
+    start_server: StartServer, models_dir: Path, media: MediaServer, browser: Any, tmp_path: Path
+) -> None:
+    api = await start_server(
+        models={"dir": str(models_dir), "files": {"yolo_tiny": {"file": "yolo_tiny.onnx"}}},
+        objects={"detector": "yolo_tiny"},
+        backends=[{"name": "cpu", "device": "cpu", "slots": 2, "tasks": ["scan_objects"]}],
+    )
+    dash = await open_dashboard(browser, api)
+    page = dash.page
+    cell = models_cell(page, "cpu")
+    await cell.wait_for()
+    assert await cell.inner_text() == "none"  # nothing has run yet
+    assert await cell.locator(".chip").count() == 0
+
+    image_url = media.add("astronaut.png", fixtures.astronaut_png(), "image/png")
+    job = await api.submit("scan_objects", {"image_url": image_url})
+    done = await api.wait(job["job_id"], timeout_s=30)
+    assert done["status"] == "succeeded", done["error"]
+    meta = done["result"]["meta"]
+    labels = {o["label"] for o in meta["objects"]}
+    assert meta["count"] == len(meta["objects"]) > 0 and "person" in labels
+
+    # The table follows by itself: the detector the job used is now loaded.
+    await cell.locator(".chip", has_text="yolo_tiny").wait_for(timeout=10_000)
+    assert [c.strip() for c in await cell.locator(".chip").all_inner_texts()] == ["yolo_tiny"]
+    await page.locator("#backends").screenshot(path=tmp_path / "dashboard-models-loaded.png")
+
+    row = await dash.wait_row(job["job_id"], "succeeded")
+    await row.click()
+    await page.locator(f'#job-detail[data-job-id="{job["job_id"]}"]').wait_for()
+    shown = page.locator("#detail-meta")
+    await shown.wait_for()
+    assert await shown.is_visible()
+    # The JSON on the page is the result's, whole: every object with its label, score, box.
+    text = await shown.inner_text()
+    assert msgspec.json.decode(text.encode()) == meta
+    for label in labels:
+        assert f'"label": "{label}"' in text
+    assert '"objects": [' in text
+    # Hundreds of boxes (the tiny colour-threshold detector finds many on the photo) scroll
+    # inside the JSON's box: the panel stays short enough to reach the rest of the detail.
+    assert meta["count"] > 50
+    sizes = await shown.evaluate("e => [e.clientHeight, e.scrollHeight]")
+    assert sizes[0] < 700 < sizes[1], sizes
+    # No file: no image or video preview, and not "No output".
+    assert await page.locator("#detail-output img, #detail-output video").count() == 0
+    assert "No output." not in await page.locator("#detail-output").inner_text()
+    assert (
+        await page.locator('#detail-inputs [data-input="image_url"] a').get_attribute("href")
+        == image_url
+    )
+    await page.locator("#job-detail").screenshot(path=tmp_path / "dashboard-scan-json.png")
+    await dash.check_not_reloaded()

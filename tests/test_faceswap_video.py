@@ -242,3 +242,108 @@ async def test_cancel_stops_and_leaves_no_file(
     doc = await api.wait(job["job_id"], timeout_s=10)
     assert doc["status"] == "canceled"
     assert [p.name for p in api.orchestrator.files_dir.iterdir()] == []
+
+
+# BT.709 → BT.2020 primaries (ITU-R BT.2087), and the SMPTE ST 2084 (PQ) constants.
+BT709_TO_BT2020 = np.array(
+    [[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]]
+)
+PQ_M1, PQ_M2, PQ_C1, PQ_C2, PQ_C3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+SDR_WHITE_NITS = 203.0  # ITU-R BT.2408 reference white
+HDR_SIZE = (640, 360)
+ORANGE, TEAL = (26, 69, 230), (200, 160, 40)  # BGR, inside BT.709 (not at its edge)
+
+
+def sdr_frame(i: int, frames: int) -> np.ndarray:
+    """The picture an HDR clip encodes: the astronaut moving right over a light grey
+    background, an orange and a teal patch in the bottom-right corner."""
+    astro = photo("skimage", "data", "astronaut.png", side=128)
+    width, height = HDR_SIZE
+    image = np.full((height, width, 3), 200, np.uint8)
+    x = 10 + (i * 300) // max(1, frames - 1)
+    image[4:132, x : x + 128] = astro
+    image[260:340, 480:560] = ORANGE
+    image[260:340, 560:630] = TEAL
+    return image
+
+
+def pq_rgb48(bgr: np.ndarray) -> np.ndarray:
+    """An SDR BGR picture as HDR10 code values: BT.1886 display light with SDR white at
+    203 cd/m², BT.2020 primaries, PQ-encoded to 16-bit RGB."""
+    display = (bgr[..., ::-1].astype(np.float64) / 255) ** 2.4 * SDR_WHITE_NITS
+    y = np.clip(display @ BT709_TO_BT2020.T / 10000, 0, 1) ** PQ_M1
+    pq = ((PQ_C1 + PQ_C2 * y) / (1 + PQ_C3 * y)) ** PQ_M2
+    return np.asarray(np.round(pq * 65535), dtype=np.uint16)
+
+
+def make_hdr_clip(path: Path, frames: int) -> Path:
+    """Input case C24: HEVC Main10, yuv420p10le, tagged bt2020 / smpte2084 / bt2020nc."""
+    width, height = HDR_SIZE
+    tags = "colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:range=limited"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(
+            "libx265",
+            rate=FPS,
+            options={"preset": "ultrafast", "x265-params": f"log-level=error:{tags}"},
+        )
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p10le"
+        ctx = video.codec_context
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace, ctx.color_range = 9, 16, 9, 1
+        for i in range(frames):
+            rgb = av.VideoFrame.from_ndarray(pq_rgb48(sdr_frame(i, frames)), format="rgb48le")
+            frame = rgb.reformat(format="yuv420p10le", dst_colorspace=9, dst_color_range=1)
+            frame.color_primaries, frame.color_trc, frame.pts = 9, 16, i
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    return path
+
+
+async def test_hdr10_clip_becomes_bt709_sdr_with_matching_tags(
+    start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
+) -> None:
+    """C24: a 10-bit PQ/BT.2020 clip gives 8-bit BT.709 SDR, tagged so, that looks like the
+    SDR picture it encodes (not the flat, grey one of PQ code values shown as SDR)."""
+    clip = make_hdr_clip(tmp_path / "hdr.mp4", 24)
+    with av.open(str(clip)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.name, ctx.pix_fmt) == ("hevc", "yuv420p10le")
+        assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace) == (9, 16, 9)
+    api = await start_server(**video_config(models_dir))
+    job = await api.submit(
+        "faceswap_video",
+        {
+            "target_url": media.add("hdr.mp4", clip.read_bytes()),
+            "source_url": media.add("face.png", fixtures.astronaut_png()),
+        },
+    )
+    doc = await api.wait(job["job_id"], timeout_s=120)
+    assert doc["status"] == "succeeded", doc["error"]
+    meta = doc["result"]["meta"]
+    assert (meta["width"], meta["height"]) == HDR_SIZE
+    assert meta["frames"] == 24 and abs(meta["duration_s"] - 2.0) < 0.1
+    assert meta["frames_without_faces"] == 0
+
+    out = tmp_path / "sdr.mp4"
+    out.write_bytes(await fetch(api, doc["result"]["url"]))
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        assert (ctx.name, ctx.pix_fmt) == ("h264", "yuv420p")
+        # Tags: BT.709 primaries and transfer (what the pixels were converted to), the BT.601
+        # matrix and limited range the encoder's frames are made with.
+        assert (ctx.color_primaries, ctx.color_trc) == (1, 1)
+        assert (ctx.colorspace, ctx.color_range) == (6, 1)
+        assert container.duration is not None and abs(container.duration / 1e6 - 2.0) < 0.1
+        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(decoded) == 24
+    # The pixels are the SDR picture the clip encodes: the light grey background (PQ code
+    # values shown as SDR would give ~135 instead of 200) and the two colours (which would be
+    # desaturated), to within codec noise. The face's row is the swap's, not compared.
+    for i, got in enumerate(decoded):
+        want = sdr_frame(i, 24).astype(int)
+        diff = np.abs(got.astype(int) - want)
+        assert float(diff[150:250].mean()) < 4, i
+        for rows, cols in ((slice(270, 330), slice(490, 550)), (slice(270, 330), slice(570, 620))):
+            assert float(diff[rows, cols].mean()) < 10, (i, got[rows, cols].mean(axis=(0, 1)))

@@ -166,7 +166,8 @@ TASK_DOCS: dict[str, TaskDoc] = {
                 },
             ),
         ),
-        result="An MP4 (H.264, yuv420p, audio copied or AAC); meta: width, height, fps, frames, "
+        result="An MP4 (H.264, yuv420p, 8-bit SDR: HDR input is converted to BT.709 and tagged "
+        "so; audio copied or AAC); meta: width, height, fps, frames, "
         "duration_s, has_audio, frames_without_faces, backend.",
         fields={
             **_FACE_FIELDS,
