@@ -192,16 +192,19 @@ def make_test_models(out_dir: Path) -> dict[str, Path]:
 
 
 def make_all_test_models(out_dir: Path) -> list[Path]:
-    """The face models plus every image-task family (matting, super-resolution, face restore,
-    YOLO, LaMa), each with its real signature; the builders of the latter live beside this."""
+    """The face models plus every image-task family (matting: U2Net, ISNet, BiRefNet, MODNet;
+    super-resolution; face restore: GFPGAN, CodeFormer; YOLO; LaMa), each with its real
+    signature; the builders of the latter live beside this."""
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:  # run as `python scripts/make_test_models.py`
         sys.path.insert(0, root)
     from scripts.tiny_models_images import make_all
+    from scripts.tiny_models_matting import make_matting_families
     from scripts.tiny_models_objects import make_lama, make_yolo
 
     make_test_models(out_dir)
     make_all(out_dir)
+    make_matting_families(out_dir)
     make_yolo(out_dir / "yolo.onnx")
     make_lama(out_dir / "lama.onnx", dynamic=True)
     make_lama(out_dir / "lama_512.onnx", dynamic=False)

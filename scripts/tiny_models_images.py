@@ -5,8 +5,12 @@
   matte with U2Net's input and output layout.
 - `make_superres`: [N,3,H,W] → [N,3,sH,sW], nearest-neighbour Resize ×scale: an identity-like
   Real-ESRGAN stand-in, so tiled and untiled runs must give the same pixels.
-- `make_restorer`: [1,3,512,512] → [1,3,512,512] in [-1,1], a slight 3×3 blur: a
-  GFPGAN/CodeFormer stand-in that changes the face crop a little.
+- `make_restorer`: `input` [1,3,512,512] → `output` [1,3,512,512] in [-1,1], a slight 3×3 blur:
+  a GFPGAN stand-in that changes the face crop a little.
+- `make_codeformer`: CodeFormer's two inputs, `input` [1,3,512,512] and its fidelity weight
+  `weight` [1] (double), → `output` [1,3,512,512] = input · (2·weight − 1): the crop kept at
+  w = 1 (CodeFormer's most faithful end), its colours inverted at w = 0 (the most "restored"),
+  so what was fed as w shows plainly in the result.
 
 IR version 8 and opset 17: what ONNX Runtime 1.17+ reads, whatever the installed onnx writes.
 
@@ -50,10 +54,19 @@ def make_matting(path: Path | str, size: int = 320) -> None:
 
 
 def make_superres(
-    path: Path | str, scale: int = 2, dynamic: bool = True, mode: str = "nearest"
+    path: Path | str,
+    scale: int = 2,
+    dynamic: bool = True,
+    mode: str = "nearest",
+    *,
+    fixed_batch: bool = False,
 ) -> None:
-    dims: list[int | str] = ["N", 3, "H", "W"] if dynamic else [1, 3, 64, 64]
-    out_dims: list[int | str] = ["N", 3, "H2", "W2"] if dynamic else [1, 3, 64 * scale, 64 * scale]
+    """`dynamic`: [N,3,H,W] (`fixed_batch`: [1,3,H,W]); else a fixed [1,3,64,64] input."""
+    batch: int | str = 1 if fixed_batch else "N"
+    dims: list[int | str] = [batch, 3, "H", "W"] if dynamic else [1, 3, 64, 64]
+    out_dims: list[int | str] = (
+        [batch, 3, "H2", "W2"] if dynamic else [1, 3, 64 * scale, 64 * scale]
+    )
     scales = numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales")
     graph = helper.make_graph(
         [helper.make_node("Resize", ["input", "", "scales"], ["output"], mode=mode)],
@@ -78,6 +91,29 @@ def make_restorer(path: Path | str) -> None:
     _save(graph, path)
 
 
+def make_codeformer(path: Path | str) -> None:
+    nodes = [
+        helper.make_node("Cast", ["weight"], ["w"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["w", "two"], ["w2"]),
+        helper.make_node("Sub", ["w2", "one"], ["factor"]),
+        helper.make_node("Mul", ["input", "factor"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_codeformer",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512]),
+            helper.make_tensor_value_info("weight", TensorProto.DOUBLE, [1]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 512, 512])],
+        [
+            numpy_helper.from_array(np.array([2.0], np.float32), "two"),
+            numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+        ],
+    )
+    _save(graph, path)
+
+
 def make_all(directory: Path | str) -> None:
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,6 +121,7 @@ def make_all(directory: Path | str) -> None:
     make_superres(folder / "tiny_sr_x2.onnx", scale=2)
     make_superres(folder / "tiny_sr_x4.onnx", scale=4)
     make_restorer(folder / "tiny_restorer.onnx")
+    make_codeformer(folder / "tiny_codeformer.onnx")
 
 
 if __name__ == "__main__":

@@ -365,6 +365,10 @@ async def check_scan(rig: Rig, kind: Kind, ref: Pixels, doc: dict[str, Any]) -> 
     # The same detector on the reference picture finds the same objects at the same places.
     detector = YoloDetector(rig.session("yolo_tiny"), names=[])
     expected = detector.detect(visible(ref))
+    # Every kind's reference picture holds objects, so the comparison below is not two empty
+    # lists: the server must find at least one.
+    assert expected, f"the {kind.name} reference shows no object"
+    assert objects, "no object found where the reference has some"
 
     def places(rows: list[dict[str, Any]]) -> list[tuple[str, list[float]]]:
         return sorted((row["label"], row["box"]) for row in rows)

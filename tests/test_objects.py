@@ -139,21 +139,6 @@ async def test_scan_finds_objects_with_metadata_labels(
     assert len(persons) == sum(o["label"] == "person" for o in objects)
 
 
-async def test_scan_draw_gives_an_annotated_jpeg(
-    start_server: Any, models_dir: Path, media: MediaServer
-) -> None:
-    api = await start_server(**objects_config(models_dir))
-    source = scene()
-    body = {"image_url": media.add("scene.png", png(source)), "draw": True}
-    status, doc, _ = await api.call("POST", "/scan-objects", json=body)
-    assert status == 200 and doc["status"] == "succeeded", doc
-    assert doc["result"]["filename"].endswith(".jpg")
-    pixels, data = await result_pixels(api, doc)
-    assert data[:3] == b"\xff\xd8\xff"
-    assert pixels.shape == source.shape
-    assert {o["label"] for o in doc["result"]["meta"]["objects"]} == {"cat"}
-
-
 @pytest.mark.parametrize("orientation", [6, 8, 3])
 async def test_scan_boxes_are_in_upright_coordinates(
     start_server: Any, models_dir: Path, media: MediaServer, orientation: int

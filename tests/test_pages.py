@@ -262,3 +262,19 @@ async def test_job_error_table_has_the_rejection_codes(api: Api) -> None:
     for code in sorted(REJECTION_CODES):
         row = table[table.index(f"<tr><td><code>{code}</code>") :]
         assert "<code>rejected</code>" in row[: row.index("</tr>")], code
+
+
+def test_readme_payload_lists_name_every_field() -> None:
+    # README's "`task` — payload `{...}`" summaries list exactly the fields the task takes,
+    # and every field of a task has its words on the docs page.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    registry = {spec.name: spec for spec in builtin_tasks()}
+    found = re.findall(r"`(\w+)`[^`\n]*(?:`[^`\n]*`[^`\n]*)?— payload `\{([^}]*)\}`", readme)
+    assert {"upscale", "remove_background"} <= {task for task, _ in found}
+    for task, listed in found:
+        bare = re.sub(r"\([^)]*\)", "", listed)  # "(0–1, default 0.7)" and such
+        names = {part.strip().rstrip("?") for part in bare.split(",")}
+        info = msgspec.inspect.type_info(registry[task].payload_type)
+        fields = {f.encode_name for f in info.fields}
+        assert names == fields, (task, names ^ fields)
+        assert fields <= set(TASK_DOCS[task].fields), (task, fields - set(TASK_DOCS[task].fields))

@@ -189,7 +189,8 @@ TASK_DOCS: dict[str, TaskDoc] = {
             "default ×2. Alpha is kept (PNG out), else JPEG. result.meta.method names the model, "
             "or lanczos.",
             "face_restore runs a GFPGAN/CodeFormer-family model on every face found, blended "
-            "by fidelity; result.meta.faces_restored lists them.",
+            "by fidelity (a CodeFormer model also gets w = 1 − fidelity); "
+            "result.meta.faces_restored lists them and result.meta.restorer names the model.",
         ),
         examples=(
             ("Upscale ×2", {"image_url": "https://example.com/photo.jpg", "scale": 2}),
@@ -203,7 +204,7 @@ TASK_DOCS: dict[str, TaskDoc] = {
                 },
             ),
         ),
-        result="An image; meta: width, height, method, backend (and faces_restored).",
+        result="An image; meta: width, height, method, backend (and faces_restored, restorer).",
         fields={
             "image_url": Text("Required. The image to enlarge."),
             "scale": Text("Enlargement factor, 2 or 4 (default 2 when max_side is not given)."),
@@ -342,7 +343,10 @@ TASK_DOCS: dict[str, TaskDoc] = {
         "dilate_px, mask_resized or objects, backend.",
         fields={
             "image_url": Text("Required. The image to edit."),
-            "mask_url": Text("A mask image: white (> 127) = remove; resized if its size differs."),
+            "mask_url": Text(
+                "A mask image: white = remove (> 127, or 1 in a 0/1 mask); a mask of another "
+                "size is resized if it has the image's aspect ratio, else invalid_mask."
+            ),
             "prompt": Text(
                 'Class names of the objects to remove: "cat", "cat, dog" or ["cat", "dog"].'
             ),

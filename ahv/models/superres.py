@@ -148,23 +148,46 @@ def restore_matrix(landmarks: npt.NDArray[np.floating]) -> npt.NDArray[np.float6
 class FaceRestorer:
     """`restore(image_bgr, faces, fidelity)`: each face aligned to 512×512, run through the
     model (RGB in [-1,1] NCHW, out the same), blended with its own crop by `fidelity`
-    (0 = original, 1 = restored) and pasted back with the soft face mask."""
+    (0 = original, 1 = restored) and pasted back with the soft face mask.
+
+    GFPGAN-family models take the crop alone. CodeFormer takes a second input, its fidelity
+    weight `w` (`weight` in the common ONNX export, a double of shape [1]): as CodeFormer
+    defines it, w = 0 gives the most restored face and w = 1 the one most faithful to the
+    input, so it is fed `w = 1 − fidelity`, and `fidelity` means the same for both families
+    (0 = unchanged … 1 = fully restored). The result is then blended by `fidelity` as for
+    GFPGAN."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
         inputs = session.get_inputs()
         self.input_name: str = inputs[0].name
         self.dtype = np.float16 if "float16" in str(inputs[0].type) else np.float32
-        # CodeFormer takes a second input, its fidelity weight `w` (a double scalar).
-        self.extra: dict[str, npt.NDArray[Any]] = {
-            i.name: np.array(0.5, dtype=np.float64 if "double" in str(i.type) else np.float32)
+        # Any further input is CodeFormer's w: (name, numpy dtype, shape as the model wants).
+        self.weights: list[tuple[str, type[np.generic], tuple[int, ...]]] = [
+            (
+                i.name,
+                np.float64 if "double" in str(i.type) else np.float32,
+                tuple(d if isinstance(d, int) and d > 0 else 1 for d in list(i.shape or [])),
+            )
             for i in inputs[1:]
+        ]
+
+    @property
+    def takes_weight(self) -> bool:
+        """Whether the model takes CodeFormer's fidelity weight w."""
+        return bool(self.weights)
+
+    def weight_feeds(self, fidelity: float) -> dict[str, npt.NDArray[Any]]:
+        """CodeFormer's w = 1 − fidelity, in each weight input's dtype and shape."""
+        return {
+            name: np.full(shape, 1.0 - fidelity, dtype=dtype) for name, dtype, shape in self.weights
         }
 
-    def restore_crop(self, crop_bgr: Image) -> Image:
+    def restore_crop(self, crop_bgr: Image, fidelity: float = 1.0) -> Image:
         rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
         blob = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=self.dtype)
-        out = self.session.run(None, {self.input_name: blob, **self.extra})[0]
+        feeds = {self.input_name: blob, **self.weight_feeds(fidelity)}
+        out = self.session.run(None, feeds)[0]
         values = np.asarray(out, dtype=np.float32)[0].transpose(1, 2, 0)
         restored = np.clip(np.rint((values + 1.0) * 127.5), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(cv2.cvtColor(restored, cv2.COLOR_RGB2BGR))
@@ -184,7 +207,7 @@ class FaceRestorer:
                 cv2.warpAffine(colour, matrix, (RESTORE_SIZE, RESTORE_SIZE), borderValue=0.0),
                 dtype=np.uint8,
             )
-            restored = self.restore_crop(crop)
+            restored = self.restore_crop(crop, fidelity)
             if fidelity < 1.0:
                 restored = np.asarray(
                     cv2.addWeighted(restored, fidelity, crop, 1.0 - fidelity, 0.0),

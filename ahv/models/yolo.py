@@ -120,9 +120,12 @@ def decode_output(
     score_threshold: float,
     nms_iou: float,
     max_detections: int = 300,
+    classes: frozenset[str] | None = None,
 ) -> list[Detection]:
     """Detections from a raw [1, 4+C, N] (or [4+C, N]) output, in image pixels (clipped to
-    `image_size` = (width, height)), best score first; NMS is per class."""
+    `image_size` = (width, height)), best score first; NMS is per class. `classes` (lower-case
+    names) keeps only those classes, before NMS and the `max_detections` cap, so that other
+    classes cannot crowd the wanted ones out."""
     rows = np.asarray(output, dtype=np.float32)
     if rows.ndim == 3:
         rows = rows[0]
@@ -130,12 +133,15 @@ def decode_output(
         raise ValueError(f"unexpected YOLO output shape {tuple(np.shape(output))}")
     preds = rows.T  # N × (4 + C)
     class_scores = preds[:, 4:]
-    classes = np.argmax(class_scores, axis=1)
-    scores = class_scores[np.arange(len(preds)), classes]
+    best = np.argmax(class_scores, axis=1)
+    scores = class_scores[np.arange(len(preds)), best]
     chosen = scores >= score_threshold
+    if classes is not None:
+        wanted = [i for i in range(class_scores.shape[1]) if _label(names, i).lower() in classes]
+        chosen &= np.isin(best, wanted)
     if not np.any(chosen):
         return []
-    preds, classes, scores = preds[chosen], classes[chosen], scores[chosen].astype(np.float32)
+    preds, kinds, scores = preds[chosen], best[chosen], scores[chosen].astype(np.float32)
     cx, cy, w, h = preds[:, 0], preds[:, 1], preds[:, 2], preds[:, 3]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     boxes[:, [0, 2]] = (boxes[:, [0, 2]] - placement.left) / placement.ratio
@@ -144,17 +150,19 @@ def decode_output(
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
     # Class-wise NMS in one pass: each class's boxes are shifted far from the others'.
-    offset = (classes.astype(np.float32) * (max(width, height) + 1.0))[:, None]
+    offset = (kinds.astype(np.float32) * (max(width, height) + 1.0))[:, None]
     keep = nms(boxes + offset, scores, nms_iou)[:max_detections]
     found = []
     for i in keep:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         if x2 - x1 <= 0 or y2 - y1 <= 0:
             continue
-        index = int(classes[i])
-        label = names[index] if index < len(names) else str(index)
-        found.append(Detection(label, float(scores[i]), (x1, y1, x2, y2)))
+        found.append(Detection(_label(names, int(kinds[i])), float(scores[i]), (x1, y1, x2, y2)))
     return found
+
+
+def _label(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else str(index)
 
 
 class YoloDetector:
@@ -180,7 +188,9 @@ class YoloDetector:
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
 
-    def detect(self, image_bgr: Image) -> list[Detection]:
+    def detect(self, image_bgr: Image, classes: frozenset[str] | None = None) -> list[Detection]:
+        """Detections, best first; `classes` (lower-case names) keeps only those (before the
+        300-detection cap)."""
         height, width = image_bgr.shape[:2]
         padded, placement = letterbox(np.ascontiguousarray(image_bgr[..., :3]), self.input_wh)
         rgb = padded[..., ::-1].astype(np.float32) / 255.0
@@ -193,4 +203,5 @@ class YoloDetector:
             image_size=(width, height),
             score_threshold=self.score_threshold,
             nms_iou=self.nms_iou,
+            classes=classes,
         )

@@ -5,8 +5,9 @@ picture's pixels; transparent pixels shown as flat gray, so nothing under alpha 
 runs the `objects.detector` model and returns the detections as JSON in `result.meta` (no
 file, unless `draw` asks for an annotated JPEG).
 
-`remove_object` builds a mask (white = remove) from `mask_url`, or from `prompt`: the boxes of
-the detections whose class name matches, grown by `dilate_px`; then inpaints it with the
+`remove_object` builds a mask (white = remove) from `mask_url` (any encoding binarised, a mask
+of another aspect ratio refused: ahv.tasks.masks), or from `prompt`: the boxes of the
+detections whose class name matches, grown by `dilate_px`; then inpaints it with the
 `objects.inpainter` LaMa model, or OpenCV's classical Telea method when none is configured.
 Only masked pixels change; the result has the input's size exactly, and an alpha channel is
 kept as it was.
@@ -29,6 +30,7 @@ from ahv.imaging import decode_image, encode_image, flatten_alpha
 from ahv.models.inpaint import CLASSICAL, LAMA, LamaInpainter, classical_inpaint
 from ahv.models.yolo import Detection, YoloDetector
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
+from ahv.tasks.masks import read_mask
 
 Image = npt.NDArray[np.uint8]
 Score = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -47,7 +49,8 @@ class ScanPayload(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class RemovePayload(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     image_url: str
-    # White (> 127) = remove. Exactly one of mask_url and prompt.
+    # White = remove (> 127, or 1 in a 0/1 mask; ahv.tasks.masks). Exactly one of mask_url
+    # and prompt.
     mask_url: str | None = None
     # Class names ("cat", "cat, dog" or ["cat", "dog"]) whose detected boxes are removed.
     prompt: str | list[str] | None = None
@@ -169,10 +172,10 @@ def scan(ctx: TaskContext, payload: ScanPayload, data: bytes) -> TaskOutput:
     ctx.progress(30)
     detector = load_detector(ctx, payload.min_score)
     ctx.checkpoint()
-    detections = detector.detect(image)
+    wanted = None
     if payload.classes is not None:
-        wanted = {name.strip().lower() for name in payload.classes}
-        detections = [d for d in detections if d.label.lower() in wanted]
+        wanted = frozenset(name.strip().lower() for name in payload.classes)
+    detections = detector.detect(image, classes=wanted)
     ctx.progress(80)
     meta: dict[str, Any] = {
         "width": width,
@@ -195,23 +198,12 @@ async def run_scan(ctx: TaskContext, payload: ScanPayload) -> TaskOutput:
     return await ctx.run_in_thread(scan, ctx, payload, fetched.data)
 
 
-def read_mask(ctx: TaskContext, data: bytes, size: tuple[int, int]) -> tuple[Image, bool]:
-    """The mask as 0/255 at `size` (width, height), and whether it had to be resized."""
-    pixels, has_alpha = _decode(ctx, data, "mask_url")
-    gray = np.asarray(cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_BGR2GRAY))
-    if has_alpha:  # transparent = not painted
-        gray = (gray.astype(np.uint16) * pixels[..., 3] // 255).astype(np.uint8)
-    resized = (gray.shape[1], gray.shape[0]) != size
-    if resized:
-        gray = np.asarray(cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST))
-    return np.where(gray > 127, 255, 0).astype(np.uint8), resized
-
-
 def prompt_mask(ctx: TaskContext, image: Image, labels: list[str]) -> tuple[Image, list[Detection]]:
-    detections = load_detector(ctx).detect(image)
-    chosen = [d for d in detections if d.label.lower() in labels]
+    detector = load_detector(ctx)
+    # Filtered in the detector, before its 300-detection cap; all classes only for the error.
+    chosen = detector.detect(image, classes=frozenset(labels))
     if not chosen:
-        found = ", ".join(sorted({d.label for d in detections})) or "nothing"
+        found = ", ".join(sorted({d.label for d in detector.detect(image)})) or "nothing"
         wanted = ", ".join(repr(label) for label in labels)
         raise AhvError("no_object_detected", f"prompt: no {wanted} found (found: {found})")
     height, width = image.shape[:2]

@@ -5,7 +5,10 @@ in overlapping tiles (ahv.models.superres), then Lanczos fits it to the planned 
 requested scale is not the model's; without one the method is classical Lanczos.
 `result.meta.method` names what ran (the model's name or "lanczos"). `face_restore` runs the
 `images.restorer` model (GFPGAN/CodeFormer family) on every detected face of the result,
-blended with the face by `fidelity`. The output size is checked before any model runs.
+blended with the face by `fidelity` (a CodeFormer model is also fed w = 1 − fidelity, see
+ahv.models.superres); `result.meta.faces_restored` lists the faces and, when there is at
+least one, `result.meta.restorer` names the model. The output size is checked before any
+model runs.
 """
 
 from __future__ import annotations
@@ -147,6 +150,8 @@ async def run_upscale(ctx: TaskContext, payload: UpscalePayload) -> TaskOutput:
                 {"box": [round(float(v), 1) for v in f.box], "score": round(float(f.score), 4)}
                 for f in faces
             ]
+            if faces:
+                extra["restorer"] = images.restorer
             ctx.progress(80)
         if payload.sharpen > 0:
             pixels = sharpen(pixels, payload.sharpen)
