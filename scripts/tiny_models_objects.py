@@ -8,7 +8,9 @@ colour with a 1×1 convolution, so detections sit where that colour is:
 - class 0 (`person`), stride 32, 160 px boxes: bright areas (mean of R, G, B above 0.75);
 - class 1 (`cat`), stride 8, 48 px boxes: red areas (R − (G + B) / 2 above 0.5);
 - class 2 (`dog`), stride 16, 96 px boxes: blue areas (B − (R + G) / 2 above 0.3).
-Classes past the third are never detected.
+Classes past the third are never detected. `dynamic=True` gives the `dynamic=True` export's
+signature instead: `images` [batch, 3, 640, 640] → `output0` [batch, 4 + C, 8400] (one
+image's rows do not depend on the others', so batched runs can be checked against single ones).
 
 `make_lama`: inputs `image` [1, 3, H, W] and `mask` [1, 1, H, W], output `output`
 [1, 3, H, W]: the masked pixels become the mean colour of the unmasked ones. Like real LaMa,
@@ -42,10 +44,24 @@ def _save(model: onnx.ModelProto, path: str | Path) -> None:
     onnx.save(model, str(path))
 
 
-def make_yolo(path: str | Path, classes: list[str] | None = None, *, metadata: bool = True) -> Path:
+def make_yolo(
+    path: str | Path,
+    classes: list[str] | None = None,
+    *,
+    metadata: bool = True,
+    dynamic: bool = False,
+) -> Path:
     names = list(classes) if classes is not None else ["person", "cat", "dog"]
     count = max(len(names), 3)
     nodes, inits, score_parts, box_parts = [], [], [], []
+    batch: int | str = "batch" if dynamic else 1
+    if dynamic:
+        # The anchors' boxes are constants of batch 1: expanded to the input's batch size.
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+        nodes += [
+            helper.make_node("Shape", ["images"], ["images_shape"]),
+            helper.make_node("Gather", ["images_shape", "axis0"], ["batch_size"], axis=0),
+        ]
     for stride, cls, side, weights, threshold, gain in LEVELS:
         cells = SIZE // stride
         tag = f"s{stride}"
@@ -67,7 +83,8 @@ def make_yolo(path: str | Path, classes: list[str] | None = None, *, metadata: b
             helper.make_node("Conv", [f"{tag}_pool", f"{tag}_w", f"{tag}_b"], [f"{tag}_logit"])
         )
         nodes.append(helper.make_node("Sigmoid", [f"{tag}_logit"], [f"{tag}_score"]))
-        inits.append(numpy_helper.from_array(np.array([1, count, -1], np.int64), f"{tag}_shape"))
+        # 0 copies the batch axis (1, or the input's batch size when dynamic).
+        inits.append(numpy_helper.from_array(np.array([0, count, -1], np.int64), f"{tag}_shape"))
         nodes.append(helper.make_node("Reshape", [f"{tag}_score", f"{tag}_shape"], [f"{tag}_flat"]))
         score_parts.append(f"{tag}_flat")
         ys, xs = np.mgrid[0:cells, 0:cells].astype(np.float32)
@@ -80,7 +97,18 @@ def make_yolo(path: str | Path, classes: list[str] | None = None, *, metadata: b
             ]
         )[None]
         inits.append(numpy_helper.from_array(grid.astype(np.float32), f"{tag}_boxes"))
-        box_parts.append(f"{tag}_boxes")
+        if dynamic:
+            rest = np.array([4, cells * cells], np.int64)
+            inits.append(numpy_helper.from_array(rest, f"{tag}_rest"))
+            nodes += [
+                helper.make_node(
+                    "Concat", ["batch_size", f"{tag}_rest"], [f"{tag}_target"], axis=0
+                ),
+                helper.make_node("Expand", [f"{tag}_boxes", f"{tag}_target"], [f"{tag}_boxes_n"]),
+            ]
+            box_parts.append(f"{tag}_boxes_n")
+        else:
+            box_parts.append(f"{tag}_boxes")
     nodes += [
         helper.make_node("Concat", box_parts, ["boxes"], axis=2),
         helper.make_node("Concat", score_parts, ["scores"], axis=2),
@@ -90,8 +118,8 @@ def make_yolo(path: str | Path, classes: list[str] | None = None, *, metadata: b
     graph = helper.make_graph(
         nodes,
         "tiny_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + count, anchors])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + count, anchors])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

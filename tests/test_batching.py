@@ -264,3 +264,32 @@ async def test_concurrent_jobs_are_batched_on_the_server(
     _, diag, _ = await api.call("GET", "/diag/backends")
     stats = diag["backends"][0]["batching"]["batch_matting"]
     assert stats["items"] == 16 and stats["batches"] < 16 and stats["mean_batch"] > 1, stats
+
+
+async def test_concurrent_detections_are_batched_on_the_server(
+    start_server: Any, tmp_path: Path, media: MediaServer
+) -> None:
+    from scripts.tiny_models_objects import make_yolo
+
+    models = tmp_path / "detectors"
+    models.mkdir()
+    make_yolo(models / "yolo_dyn.onnx", dynamic=True)
+    api: Api = await start_server(
+        models={"dir": str(models), "files": {"yolo_dyn": {"file": "yolo_dyn.onnx"}}},
+        objects={"detector": "yolo_dyn"},
+        batching={"max_batch": 8, "max_wait_ms": 50},
+        backends=[{"name": "cpu", "slots": 8, "tasks": ["scan_objects"]}],
+    )
+    url = media.add("a.png", fixtures.astronaut_png())
+    alone = await api.wait((await api.submit("scan_objects", {"image_url": url}))["job_id"])
+    assert alone["status"] == "succeeded", alone["error"]
+    expected = alone["result"]["meta"]["objects"]
+    assert expected, "the tiny detector finds the astronaut's bright areas"
+    jobs = [await api.submit("scan_objects", {"image_url": url}) for _ in range(12)]
+    docs = await asyncio.gather(*(api.wait(job["job_id"], timeout_s=60) for job in jobs))
+    assert all(doc["status"] == "succeeded" for doc in docs), docs
+    # A batched run gives every job exactly what it gets alone.
+    assert all(doc["result"]["meta"]["objects"] == expected for doc in docs)
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    stats = diag["backends"][0]["batching"]["yolo_dyn"]
+    assert stats["items"] == 13 and stats["batches"] < 13 and stats["mean_batch"] > 1, stats
