@@ -4,9 +4,11 @@ line with the job id; no key or webhook secret is ever written. Also: systemd's 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,53 @@ def test_json_formatter_keeps_tracebacks_in_their_own_field(tmp_path: Path) -> N
     assert line["msg"] == "job j1: crashed" and line["job_id"] == "j1"
     assert line["level"] == "ERROR" and "ValueError: bad" in line["exc"]
     assert line["path"] == str(tmp_path)  # anything else is written as its str()
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts its write calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this")
+
+
+def test_a_burst_of_lines_is_written_in_few_writes_in_order() -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # pytest's own, put back after
+    out = CountingStream()
+    logs = setup_logging("json", "info", stream=out)
+    log = logging.getLogger("ahv.test")
+    try:
+        log.info("first")
+        time.sleep(0.2)  # a lone line is written at once, in a write of its own
+        assert out.getvalue().count("\n") == 1 and out.writes == 1
+        for i in range(2000):
+            log.info("job %d: submitted", i, extra={"job_id": f"j{i}"})
+        # A record the formatter cannot write does not end the writer: it says so instead.
+        log.info("odd field", extra={"odd": Unprintable()})
+        log.info("last")
+    finally:
+        logs.close()  # writes out everything queued before it
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)
+    lines = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert [line["job_id"] for line in lines[1:2001]] == [f"j{i}" for i in range(2000)]
+    assert lines[-1]["msg"] == "last" and len(lines) == 2003
+    odd = lines[-2]
+    assert (
+        odd["level"] == "ERROR" and "unprintable record" in odd["msg"] and "odd field" in odd["msg"]
+    )
+    assert out.writes < 200, out.writes  # a write per line would be 2,003
 
 
 async def test_json_logs_of_provider_jobs_never_hold_a_key(
