@@ -229,10 +229,13 @@ def _scale_to_uint8(values: npt.NDArray[np.generic], mode: str) -> Pixels:
     """Scale (never clip or wrap) a high-depth gray plane to 0..255.
 
     I;16*: /257; I: /257 when it fits 16 bits, else min–max; F: [0,1] ×255, [0,255] kept, else
-    min–max."""
+    min–max. An integer plane holding only 0 and 1 is a label map (a mask saved as is): ×255,
+    as a 1-bit image would be, instead of all black."""
     data = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(data.min()), float(data.max())
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+    if mode.startswith("I") and lo >= 0 and hi <= 1:
+        scaled = data * 255.0
+    elif mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
         scaled = data / 257.0
     elif mode == "F" and lo >= 0 and hi <= 1.0:
         scaled = data * 255.0

@@ -225,9 +225,14 @@ class Orchestrator:
         return {name: problem for name, problem in problems.items() if problem is not None}
 
     def _unavailable_tasks(self) -> dict[str, str]:
-        """Tasks whose models are not all there and intact, with the first reason."""
+        """Tasks whose models are not configured or not all there and intact, with the first
+        reason."""
         unavailable: dict[str, str] = {}
         for task, spec in self.registry.items():
+            reason = spec.unconfigured(self.config) if spec.unconfigured is not None else None
+            if reason is not None:
+                unavailable[task] = reason
+                continue
             for name in spec.models(self.config) if spec.models is not None else []:
                 problem = self.models.problem(name)
                 if problem is not None:
@@ -339,6 +344,9 @@ class Orchestrator:
         missing_provider = self.providers.unavailable_reason(task)
         if missing_provider is not None:
             raise AhvError("model_unavailable", f"task: {missing_provider}", status=422)
+        unconfigured = spec.unconfigured(self.config) if spec.unconfigured is not None else None
+        if unconfigured is not None:
+            raise AhvError("model_unavailable", f"task: {unconfigured}", status=422)
         if self.scheduler.slots_for(task) == 0:
             raise AhvError(
                 "task_unavailable", f"task: no backend in ahv.toml serves {task!r}", status=422

@@ -59,6 +59,8 @@ CONFIG = merge(
     {
         "server": {"plugins": ["tests.plugin_tasks"], "shutdown_grace_s": 0},
         "backends": [{"name": "cpu", "slots": 1, "tasks": []}],
+        # Named so remove_background is available and its payload checks are reached.
+        "images": {"matting": "matting"},
         # Set up, so their tasks are available; nothing listens at the base_url, and no job
         # of theirs is accepted (see PROVIDER_TASKS).
         "providers": {

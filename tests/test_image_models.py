@@ -187,9 +187,17 @@ async def test_remove_background_without_a_model(
     start_server: Any, models_dir: Path, media: MediaServer, tmp_path: Path
 ) -> None:
     api = await start_server(**image_config(models_dir))
-    doc = await run(api, media, "remove_background", fixtures.astronaut_png())
-    assert doc["status"] == "failed" and doc["error"]["code"] == "model_unavailable"
-    assert "images.matting" in doc["error"]["message"] and doc["attempts"] == 1
+    # No matting model set: the task is unavailable in /diag/backends and a submit is
+    # refused at once, on both endpoints, instead of a job that can only fail.
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    assert "images.matting" in diag["backends"][0]["unavailable_tasks"]["remove_background"]
+    body = {"task": "remove_background", "payload": {"image_url": media.add("a.png", b"x")}}
+    for path, sent in (("/v1/jobs", body), ("/remove-background", body["payload"])):
+        status, refused, _ = await api.call("POST", path, json=sent)
+        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
+        assert "images.matting" in refused["error"]["message"]
+    _, listed, _ = await api.call("GET", "/v1/jobs")
+    assert listed["jobs"] == []
     empty = tmp_path / "no-models"
     empty.mkdir()
     missing = await start_server(

@@ -54,6 +54,8 @@ MASKS: dict[str, Callable[[], bytes]] = {
     "rgb_0_255": lambda: png(np.dstack([box_plane(on=255)] * 3)),
     "one_bit": lambda: pillow(Image.fromarray(box_plane(on=255)).convert("1")),
     "gray16_0_65535": lambda: png(box_plane().astype(np.uint16) * 65535),
+    "gray16_0_1": lambda: png(box_plane().astype(np.uint16)),  # a 16-bit label map
+    "gray16_0_255": lambda: png(box_plane().astype(np.uint16) * 255),
 }
 
 

@@ -151,8 +151,13 @@ def with_url(value: Any, url: str) -> Any:
 @pytest.fixture
 async def strict_api(start_server: Any) -> Api:
     """A server with no exception to the address guard, serving every task."""
+    # A matting model named (its file need not exist: no job here runs) so that
+    # remove_background is available and its URL field is checked too.
     return await start_server(
-        **STRICT, **PROVIDERS, backends=[{"name": "cpu", "slots": 1, "tasks": ALL_TASKS}]
+        **STRICT,
+        **PROVIDERS,
+        images={"matting": "matting"},
+        backends=[{"name": "cpu", "slots": 1, "tasks": ALL_TASKS}],
     )
 
 

@@ -52,6 +52,22 @@ def _needs(config: Config) -> list[str]:
     return [config.images.matting] if config.images.matting else []
 
 
+def _unconfigured(config: Config) -> str | None:
+    if config.images.matting:
+        return None
+    return "remove_background needs a matting model: set images.matting in ahv.toml"
+
+
+def visible_matte(
+    pixels: npt.NDArray[np.uint8], matte: npt.NDArray[np.float32], *, has_alpha: bool
+) -> npt.NDArray[np.float32]:
+    """The matte times the input's own alpha (0..1): what of each pixel the result shows."""
+    alpha = matte.astype(np.float32)
+    if has_alpha and pixels.ndim == 3 and pixels.shape[2] == 4:
+        alpha = alpha * (pixels[..., 3].astype(np.float32) / 255.0)
+    return alpha
+
+
 def cut_out(
     pixels: npt.NDArray[np.uint8],
     matte: npt.NDArray[np.float32],
@@ -61,9 +77,7 @@ def cut_out(
 ) -> npt.NDArray[np.uint8]:
     """BGRA with the matte (times the input's alpha) as alpha, or BGR over the flat colour
     when `bg_bgr` is given."""
-    alpha = matte.astype(np.float32)
-    if has_alpha and pixels.ndim == 3 and pixels.shape[2] == 4:
-        alpha = alpha * (pixels[..., 3].astype(np.float32) / 255.0)
+    alpha = visible_matte(pixels, matte, has_alpha=has_alpha)
     colour = np.ascontiguousarray(pixels[..., :3])
     if bg_bgr is None:
         out = np.empty((*colour.shape[:2], 4), dtype=np.uint8)
@@ -128,7 +142,11 @@ async def run_remove_background(ctx: TaskContext, payload: RemoveBackgroundPaylo
             meta={
                 "width": width,
                 "height": height,
-                "foreground_fraction": round(float(matte.mean()), 4),
+                # The share of the picture the result shows: hidden input pixels count 0.
+                "foreground_fraction": round(
+                    float(visible_matte(image.pixels, matte, has_alpha=image.has_alpha).mean()),
+                    4,
+                ),
                 "model": images.matting,
                 "family": matting.family,
                 "format": encoded.extension,
@@ -149,4 +167,5 @@ REMOVE_BACKGROUND = TaskSpec(
     default_predict_s=3.0,
     validate=_validate,
     models=_needs,
+    unconfigured=_unconfigured,
 )

@@ -61,6 +61,9 @@ class TaskSpec:
     # Names in ahv.toml [models.files] the task needs (None: none). A task whose models are
     # missing or corrupt is listed as unavailable in /diag/backends.
     models: Callable[[Config], list[str]] | None = None
+    # Why this config cannot run the task at all (a model setting left empty), else None:
+    # then a submit is refused (422 model_unavailable) and /diag/backends lists the task.
+    unconfigured: Callable[[Config], str | None] | None = None
     # The cloud provider that runs the task (None: a local task). Such a task runs only on
     # that provider's backend, never on a cpu/cuda one (ahv/providers/hub.py).
     provider: Callable[[Config], str] | None = None

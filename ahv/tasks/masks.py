@@ -2,9 +2,10 @@
 
 Binarising, whatever the encoding (research/input-cases.md C17):
 - the mask is decoded like every image (EXIF orientation applied, palette and CMYK
-  converted, 16-bit scaled to 8 bits by /257) and turned to gray;
-- a mask whose values are only 0 and 1 (a boolean label map saved as is) is white wherever
-  it is 1; any other mask is white where gray > 127 (a 16-bit one where it is above 32767);
+  converted, 16-bit scaled to 8 bits by /257, except a 16-bit plane of only 0 and 1, which
+  becomes 0/255) and turned to gray;
+- a mask whose values are then only 0 and 1 (a boolean label map saved as is) is white
+  wherever it is 1; any other mask is white where gray > 127;
 - transparent pixels are not painted: with an alpha channel, a pixel is white only where it
   is white and its alpha > 127.
 
