@@ -36,10 +36,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 # The Imagen parameters of the Gemini API (https://ai.google.dev/gemini-api/docs/imagen, plus
-# includeRaiReason, which Google's SDK sends there too): no negativePrompt since
-# imagen-3.0-generate-002, so one is refused like any unknown parameter.
+# includeRaiReason, which Google's SDK sends there too), by their JSON names (the guide's
+# imageSize is the SDK's option; on the wire it is sampleImageSize, as Google's SDK sends it):
+# no negativePrompt since imagen-3.0-generate-002, so one is refused like any unknown
+# parameter, as is the SDK-only name imageSize.
 IMAGEN_PARAMETERS = {
-    "sampleCount", "aspectRatio", "imageSize", "personGeneration", "includeRaiReason",
+    "sampleCount", "aspectRatio", "sampleImageSize", "personGeneration", "includeRaiReason",
 }  # fmt: skip
 VEO_PARAMETERS = {
     "aspectRatio", "durationSeconds", "resolution", "negativePrompt", "personGeneration",
@@ -264,8 +266,8 @@ class FakeGoogle(_Fake):
         if not isinstance(count, int) or not 1 <= count <= 4:
             return "parameters.sampleCount: 1 to 4", Reply(400)
         aspect = parameters.get("aspectRatio", "1:1")
-        if aspect not in ASPECTS or parameters.get("imageSize", "1K") not in ("1K", "2K"):
-            return "parameters: bad aspectRatio or imageSize", Reply(400)
+        if aspect not in ASPECTS or parameters.get("sampleImageSize", "1K") not in ("1K", "2K"):
+            return "parameters: bad aspectRatio or sampleImageSize", Reply(400)
         width, height = ASPECTS[aspect]
         predictions: list[dict[str, Any]] = []
         for i in range(count):

@@ -75,7 +75,7 @@ async def test_gg_image_several_images(
         "parameters": {
             "sampleCount": 3,
             "aspectRatio": "16:9",
-            "imageSize": "2K",
+            "sampleImageSize": "2K",
             "includeRaiReason": True,
         },
     }

@@ -102,6 +102,36 @@ async def test_cx_image_edit_with_images_and_mask(
     assert alpha[200, 250] == 0 and alpha[10, 10] == 255
 
 
+async def test_cx_image_masks_are_read_like_remove_objects(
+    start_server: StartServer, openai: FakeOpenAI, media: MediaServer
+) -> None:
+    """A mask without alpha is binarised as remove_object's are (a 0/1 label map's 1 means
+    change), and one of another aspect ratio is invalid_mask instead of stretched."""
+    api = await start(start_server, openai)
+    wide = cv2.imencode(".png", np.full((100, 200, 3), 90, np.uint8))[1].tobytes()
+    image_url = media.add("wide.png", wide)
+    label = np.zeros((50, 100), np.uint8)
+    label[10:30, 10:40] = 1  # half the image's size, same aspect ratio
+    body = {"prompt": "add a hat", "image_urls": [image_url]}
+    body["mask_url"] = media.add("label.png", cv2.imencode(".png", label)[1].tobytes())
+    status, doc, _ = await api.call("POST", "/cx/image", json=body)
+    assert status == 200 and doc["status"] == "succeeded", doc
+    alpha = openai.of("edits")[0].body["mask"]["pixels"][..., 3]
+    assert alpha.shape == (100, 200)
+    assert alpha[40, 40] == 0 and alpha[90, 150] == 255  # the 1s (scaled ×2) are transparent
+    assert int((alpha == 0).sum()) == 40 * 60
+
+    square = np.full((100, 100), 255, np.uint8)
+    body["mask_url"] = media.add("square.png", cv2.imencode(".png", square)[1].tobytes())
+    status, doc, _ = await api.call("POST", "/cx/image", json=body)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "invalid_mask", doc
+    assert doc["error"]["message"] == (
+        "mask_url: the mask is 100x100 but the image is 200x100; a mask must have the image's"
+        " size or its aspect ratio"
+    )
+    assert len(openai.of("edits")) == 1  # the refused mask never reached the provider
+
+
 async def test_cx_image_moderation_block_is_rejected(
     start_server: StartServer, openai: FakeOpenAI, receiver: Receiver
 ) -> None:

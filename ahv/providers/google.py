@@ -115,7 +115,7 @@ class GeminiClient:
             parameters=wire.ImagenParameters(
                 sample_count=count,
                 aspect_ratio=aspect_ratio,
-                image_size=image_size,
+                sample_image_size=image_size,
                 person_generation=person_generation,
                 include_rai_reason=True,
             ),

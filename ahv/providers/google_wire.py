@@ -2,8 +2,11 @@
 answer fields are ignored). Sources, per call:
 
 - Imagen: `POST /v1beta/models/{model}:predict`, https://ai.google.dev/gemini-api/docs/imagen
-  (instances[].prompt; parameters sampleCount, aspectRatio, imageSize, personGeneration,
-  includeRaiReason; predictions[].bytesBase64Encoded/mimeType, raiFilteredReason).
+  (instances[].prompt; parameters sampleCount, aspectRatio, sampleImageSize, personGeneration,
+  includeRaiReason; predictions[].bytesBase64Encoded/mimeType, raiFilteredReason). The guide
+  lists the SDK's option names (numberOfImages, imageSize); the JSON names are those of the
+  SDK's request mapping (googleapis/python-genai, models.py `_GenerateImagesConfig_to_mldev`:
+  number_of_images -> parameters.sampleCount, image_size -> parameters.sampleImageSize).
 - Gemini image output: `POST /v1beta/models/{model}:generateContent`,
   https://ai.google.dev/gemini-api/docs/image-generation and
   https://ai.google.dev/api/generate-content (contents[].parts[] text / inline_data;
@@ -42,7 +45,7 @@ class ImagenParameters(_Out):
     # No negativePrompt: Imagen 4 on the Gemini API has none (see google.imagen_prompt).
     sample_count: int
     aspect_ratio: str | None = None
-    image_size: str | None = None
+    sample_image_size: str | None = None
     person_generation: str | None = None
     # Filtered images come back as a prediction saying why, instead of silently missing.
     include_rai_reason: bool | None = None

@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Protocol
 
-import cv2
 import msgspec
 import numpy as np
 
@@ -21,6 +20,7 @@ from ahv.imaging import decode_image, encode_image
 from ahv.providers.config import MODEL_NAME
 from ahv.providers.hub import ProviderHub
 from ahv.providers.types import ImageBatch, InputImage
+from ahv.tasks import masks
 from ahv.tasks.base import OutputFile, TaskContext, TaskOutput
 
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -80,9 +80,10 @@ async def load_image(ctx: TaskContext, url: str, field: str) -> InputImage:
 
 async def load_mask(ctx: TaskContext, url: str, field: str, size: tuple[int, int]) -> InputImage:
     """An edit mask as OpenAI wants it: a PNG of the first image's size whose transparent
-    pixels mark what to change. A mask with alpha is taken as given; one without is read
-    like remove_object's masks: white (bright) = change, black = keep. Resized (nearest)
-    when its size differs."""
+    pixels mark what to change. A mask with alpha is taken as given (OpenAI's own form); one
+    without is read like remove_object's masks (ahv/tasks/masks.py: white = change, a 0/1
+    label map's 1 = change, 16-bit scaled). Resized (nearest) when only its scale differs;
+    another aspect ratio is `invalid_mask`, as for remove_object."""
     fetched = await ctx.fetch(url, field=field)
     limits = ctx.config.limits
 
@@ -90,17 +91,12 @@ async def load_mask(ctx: TaskContext, url: str, field: str, size: tuple[int, int
         image = decode_image(
             fetched.data, max_pixels=limits.max_input_pixels, max_side=limits.max_side, field=field
         )
-        pixels = image.pixels
         if image.has_alpha:
-            alpha = np.ascontiguousarray(pixels[..., 3])
+            alpha = np.ascontiguousarray(image.pixels[..., 3])
         else:
-            gray = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_BGR2GRAY)
-            alpha = np.where(gray >= 128, 0, 255).astype(np.uint8)
+            alpha = 255 - masks.binarise(image.pixels, has_alpha=False)
+        alpha, _ = masks.fit_to(alpha, size, field)
         width, height = size
-        if alpha.shape[:2] != (height, width):
-            alpha = np.asarray(
-                cv2.resize(alpha, (width, height), interpolation=cv2.INTER_NEAREST), np.uint8
-            )
         rgba = np.zeros((height, width, 4), np.uint8)
         rgba[..., 3] = alpha
         encoded = encode_image(rgba, has_alpha=True)

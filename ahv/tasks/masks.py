@@ -59,14 +59,19 @@ def read_mask(ctx: TaskContext, data: bytes, size: tuple[int, int]) -> tuple[Ima
     decoded = decode_image(
         data, max_pixels=limits.max_input_pixels, max_side=limits.max_side, field=FIELD
     )
-    mask = binarise(decoded.pixels, decoded.has_alpha)
+    return fit_to(binarise(decoded.pixels, decoded.has_alpha), size)
+
+
+def fit_to(mask: Image, size: tuple[int, int], field: str = FIELD) -> tuple[Image, bool]:
+    """`mask` at `size` (width, height): as it is, resized (nearest) when only its scale
+    differs, else `invalid_mask` naming both sizes. Also whether it was resized."""
     mask_size = (mask.shape[1], mask.shape[0])
     if mask_size == size:
         return mask, False
     if not same_aspect(mask_size, size):
         raise AhvError(
             "invalid_mask",
-            f"{FIELD}: the mask is {mask_size[0]}x{mask_size[1]} but the image is "
+            f"{field}: the mask is {mask_size[0]}x{mask_size[1]} but the image is "
             f"{size[0]}x{size[1]}; a mask must have the image's size or its aspect ratio",
         )
     return np.asarray(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)), True
