@@ -18,17 +18,24 @@ What runs
     `Idempotency-Key`, so a submission cut by a kill is retried safely (the figures say how
     many needed it, and how many of those had been committed before the kill). Meanwhile the
     server is killed with SIGKILL `--kills` times, after a random `--min-gap-s`..`--max-gap-s`
-    each time, and started again on the same data dir (the port may change). Then the script
-    waits until every job is final and every webhook delivered, stops the server (SIGTERM),
-    and checks the holds through the API and by reading the SQLite file.
+    each time, and started again on the same data dir (the port may change). Each kill waits
+    (up to `--max-gap-s` more) for a `sleep` job that is running with at least 0.3 s of work
+    left, so that kills land on running jobs: those jobs are known to have been cut. Then the
+    script waits until every job is final and every webhook delivered, stops the server
+    (SIGTERM), and checks the holds through the API, by reading the SQLite file and the
+    server log.
 
 Holds (exit status 1 if any fails)
     - 0 jobs lost: every acknowledged submission's job is there (API and SQLite), and each
       idempotency key made exactly one job;
     - 0 jobs left non-final (`queued` or `running`);
     - every job has exactly one final status: API = SQLite = every webhook body; the status
-      is the expected one (`succeeded`, or `failed` with `unsupported_media_type` for the bad
-      inputs; `failed`/`worker_lost` is accepted when kills took all attempts of a job);
+      is the expected one: `succeeded`, or `failed` with `unsupported_media_type` for the bad
+      inputs. The one exception is `failed`/`worker_lost`, and only for a job whose attempts
+      are all spent (attempts = max_attempts) and were all cut by kills (the server log shows
+      a "requeued after a crash" for each earlier attempt, and attempts <= kills);
+    - every job seen running when a kill landed ran again (attempts > 1), or is such a
+      `worker_lost`: crash recovery requeues what a kill cut off;
     - every job has one `job.finished` outbox event, delivered at least once (a 2xx from the
       receiver), and every delivery of it carries that one `webhook-id` and a valid signature;
     - the server logs no ERROR and no traceback.
@@ -38,7 +45,7 @@ re-executions per 1,000 jobs (jobs with attempts > 1: runs cut off by a kill and
 
 Run from the repository root:
 
-    python scripts/chaos.py                           # 20 kills, 1,000 jobs: ~3-6 min
+    python scripts/chaos.py                           # 20 kills, 1,000 jobs: ~2.5-3 min
     python scripts/chaos.py --kills 3 --jobs 60       # the CI variant (tests/test_proof.py)
 """
 
@@ -49,6 +56,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import sqlite3
 import sys
 import tempfile
@@ -75,6 +83,9 @@ from scripts.proofkit import (
 )
 
 TASKS = ["upscale", "remove_background", "scan_objects", "sleep"]
+# A kill waits for a `sleep` job with at least this much work left, so that it surely cuts it.
+CUT_MARGIN_S = 0.3
+_CRASH_REQUEUE = re.compile(r"job ([0-9a-f]+): requeued after a crash")
 
 
 @dataclass
@@ -121,10 +132,14 @@ class Report:
     duplicate_deliveries: int = 0
     reexecuted_jobs: int = 0
     extra_attempts: int = 0
+    worker_lost: int = 0  # failed/worker_lost with every attempt cut by a kill
+    cut: set[str] = field(default_factory=set)  # jobs seen running when a kill landed
+    kills_on_running: int = 0
     submits_retried: int = 0
     submits_replayed: int = 0
     deliveries: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    expected: Counter[str] = field(default_factory=Counter)  # the plan's final statuses
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -146,6 +161,9 @@ class Report:
             f"  re-executions: {self.reexecuted_jobs} jobs "
             f"({self.per_1000(self.reexecuted_jobs):.1f} per 1,000 jobs), "
             f"{self.extra_attempts} extra attempts",
+            f"  kills that landed on a running sleep job: {self.kills_on_running} of "
+            f"{self.kills} ({len(self.cut)} jobs cut); worker_lost (all attempts cut): "
+            f"{self.worker_lost}",
             f"  submissions retried after a kill: {self.submits_retried} "
             f"({self.submits_replayed} of them had been committed: idempotent replay)",
             f"  webhook attempts seen by the receiver: {dict(sorted(self.deliveries.items()))}",
@@ -309,15 +327,64 @@ async def submit_all(
         await asyncio.gather(*tasks)
 
 
-async def kill_loop(live: Live, options: Options, rng: random.Random) -> int:
+async def running_sleep_jobs(
+    session: aiohttp.ClientSession, live: Live, plan: list[Expected], done: Submitted
+) -> list[str]:
+    """Ids of `sleep` jobs running now with at least CUT_MARGIN_S of their sleep left."""
+    seconds = {
+        job_id: float(plan[index].payload["seconds"])
+        for index, job_id in list(done.job_ids.items())
+        if plan[index].task == "sleep"
+    }
+    try:
+        async with session.get(
+            f"{live.server.url}/v1/jobs",
+            params={"status": "running", "limit": "100"},
+            headers={"X-API-Key": API_KEY},
+        ) as response:
+            listing = await response.json()
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+        return []
+    now_ms = time.time() * 1000
+    return [
+        doc["job_id"]
+        for doc in listing.get("jobs", [])
+        if doc["job_id"] in seconds
+        and doc.get("started_at_ms")
+        # The sleep starts after started_at, so it ends no sooner than this.
+        and doc["started_at_ms"] + 1000 * seconds[doc["job_id"]] - now_ms > 1000 * CUT_MARGIN_S
+    ]
+
+
+async def kill_loop(
+    live: Live,
+    options: Options,
+    rng: random.Random,
+    plan: list[Expected],
+    done: Submitted,
+    report: Report,
+) -> int:
+    """SIGKILL the server `options.kills` times. Each kill waits (up to max_gap_s more) for
+    a sleep job with work left, so that the run surely cuts running jobs; those are recorded
+    in `report.cut`, and must run again."""
     kills = 0
-    for _ in range(options.kills):
-        await asyncio.sleep(rng.uniform(options.min_gap_s, options.max_gap_s))
-        live.up.clear()
-        live.server.kill9()
-        kills += 1
-        await asyncio.to_thread(live.server.start)
-        live.up.set()
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(options.kills):
+            await asyncio.sleep(rng.uniform(options.min_gap_s, options.max_gap_s))
+            deadline = time.monotonic() + options.max_gap_s
+            cut: list[str] = []
+            while not cut and time.monotonic() < deadline:
+                cut = await running_sleep_jobs(session, live, plan, done)
+                if not cut:
+                    await asyncio.sleep(0.05)
+            live.up.clear()
+            live.server.kill9()
+            kills += 1
+            report.cut.update(cut)
+            report.kills_on_running += bool(cut)
+            await asyncio.to_thread(live.server.start)
+            live.up.set()
     return kills
 
 
@@ -367,7 +434,7 @@ def read_sqlite(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[d
         jobs = {
             row["id"]: dict(row)
             for row in conn.execute(
-                "SELECT id, idempotency_key, status, attempts, error FROM jobs"
+                "SELECT id, idempotency_key, status, attempts, max_attempts, error FROM jobs"
             ).fetchall()
         }
         outbox: dict[str, list[dict[str, Any]]] = {}
@@ -380,6 +447,42 @@ def read_sqlite(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[d
     return jobs, outbox
 
 
+def check_outcome(
+    report: Report,
+    job: Expected,
+    job_id: str,
+    row: dict[str, Any],
+    api_status: str,
+    crash_requeues: int,
+) -> None:
+    """The job's final status is the planned one, the same in the API; a job a kill cut
+    ran again."""
+    status = row["status"]
+    code = json.loads(row["error"])["code"] if row["error"] else None
+    wanted = status == job.status and code == job.code
+    # worker_lost is right only when kills cut every one of the job's attempts: each
+    # earlier attempt was requeued after a crash, and the last one was cut too.
+    lost_worker = (
+        status == "failed"
+        and code == "worker_lost"
+        and row["attempts"] == row["max_attempts"] <= report.kills
+        and crash_requeues == row["attempts"] - 1
+    )
+    report.worker_lost += lost_worker
+    if api_status != status or not (wanted or lost_worker):
+        report.wrong_status += 1
+        report.failures.append(
+            f"job {job_id} ({job.task}): API {api_status}, SQLite {status} {code} "
+            f"after {row['attempts']} of {row['max_attempts']} attempts "
+            f"({crash_requeues} requeued after a crash), "
+            f"expected {job.status} {job.code or ''}".rstrip()
+        )
+    if job_id in report.cut and row["attempts"] < 2 and not lost_worker:
+        report.failures.append(
+            f"job {job_id} was cut by a kill but never ran again: {status} {code}"
+        )
+
+
 def check(
     report: Report,
     plan: list[Expected],
@@ -388,8 +491,10 @@ def check(
     jobs: dict[str, dict[str, Any]],
     outbox: dict[str, list[dict[str, Any]]],
     deliveries: list[Delivery],
+    server_log: str,
 ) -> None:
     fail = report.failures
+    crash_requeues = Counter(_CRASH_REQUEUE.findall(server_log))
     fail.extend(done.refused)
     by_key = Counter(row["idempotency_key"] for row in jobs.values())
     doubled = [key for key, n in by_key.items() if n > 1]
@@ -417,14 +522,9 @@ def check(
         if row["attempts"] > 1:
             report.reexecuted_jobs += 1
             report.extra_attempts += row["attempts"] - 1
-        code = json.loads(row["error"])["code"] if row["error"] else None
         hooks = seen.get(job_id, [])
         events = outbox.get(job_id, [])
-        wanted = status == job.status and code == job.code
-        lost_worker = status == "failed" and code == "worker_lost"
-        if doc["status"] != status or not (wanted or lost_worker):
-            report.wrong_status += 1
-            fail.append(f"job {job_id} ({job.task}): API {doc['status']}, SQLite {status} {code}")
+        check_outcome(report, job, job_id, row, doc["status"], crash_requeues[job_id])
         if {h.status for h in hooks} - {status}:
             report.wrong_status += 1
             fail.append(f"job {job_id}: webhooks say {sorted({h.status for h in hooks})}")
@@ -466,10 +566,11 @@ async def run(options: Options) -> Report:
             await asyncio.to_thread(server.start)
             live.up.set()
             plan = plan_jobs(rng, options.jobs, files)
+            report.expected.update(job.status for job in plan)
             mean_gap_s = (options.min_gap_s + options.max_gap_s) / 2
             rate = options.rate or max(1.0, options.jobs / max(1.0, options.kills * mean_gap_s))
             done = Submitted()
-            kills_task = asyncio.create_task(kill_loop(live, options, rng))
+            kills_task = asyncio.create_task(kill_loop(live, options, rng, plan, done, report))
             await submit_all(live, plan, webhook, rate, done)
             report.kills = await kills_task
             report.jobs = len(plan)
@@ -483,7 +584,8 @@ async def run(options: Options) -> Report:
             if exit_status != 0:
                 report.failures.append(f"the server exited with {exit_status} on SIGTERM")
             jobs, outbox = read_sqlite(workdir / "data" / "ahv.sqlite3")
-            check(report, plan, done, docs, jobs, outbox, receiver.deliveries)
+            server_log = server.log_path.read_text(errors="replace")
+            check(report, plan, done, docs, jobs, outbox, receiver.deliveries, server_log)
             report.failures.extend(f"server log: {line}" for line in server.log_problems()[:10])
         finally:
             server.stop()
