@@ -13,9 +13,13 @@ What runs
     server's RSS and open file descriptors from /proc.
 
 Holds (exit status 1 if any fails)
-    - every answer is 202 or the documented 429 (`queue_full`/`rate_limited`), and every 429
-      carries `Retry-After` (whole seconds >= 1) and the error body
-      `{"ok": false, "error": {"code", "message"}}`; no other status, no connection error;
+    - every answer is 202 or the documented 429, and every 429 carries `Retry-After` (whole
+      seconds >= 1) and the error body `{"ok": false, "error": {"code", "message"}}` with the
+      code `queue_full`: the run's key has no rate limit and no queue limit of its own, so a
+      `rate_limited` (or any other code) would be a wrong answer; no other status, no
+      connection error;
+    - the queue really filled: there were 429s, and the sampled queue depth reached
+      `queue.max_depth` at least once (else the run did not test overload);
     - the sampled queue depth never exceeds `queue.max_depth`;
     - server RSS at the end is within `--max-rss-growth-mb` of its value after the first
       tenth of the run (memory bounded while refusing work);
@@ -25,8 +29,8 @@ Holds (exit status 1 if any fails)
       run says nothing about the server);
     - the server logs no ERROR and no traceback.
 
-Figures: answers by status, p50/p99 submit latency (all, 202 only, 429 only), max queue depth,
-RSS start/max/end, open fds start/end.
+Figures: answers by status (and 429s by error code), p50/p99 submit latency (all, 202 only,
+429 only), max queue depth, RSS start/max/end, open fds start/end.
 
 Run from the repository root:
 
@@ -81,6 +85,7 @@ class Answer:
     status: str
     latency_ms: float
     problem: str | None = None  # a 429 without Retry-After or the error shape, a bad body
+    code: str | None = None  # a 429's error code
 
 
 @dataclass
@@ -98,6 +103,11 @@ class Report:
     def statuses(self) -> Counter[str]:
         return Counter(a.status for a in self.answers)
 
+    @property
+    def codes(self) -> Counter[str]:
+        """The 429s by error code."""
+        return Counter(str(a.code) for a in self.answers if a.status == "429")
+
     def latency(self, status: str | None = None) -> tuple[float, float]:
         values = [a.latency_ms for a in self.answers if status is None or a.status == status]
         return percentile(values, 0.50), percentile(values, 0.99)
@@ -109,7 +119,8 @@ class Report:
             f"load: {o.rate:g} submissions/s for {o.duration_s:g} s (open loop) against "
             f"{o.slots} slots x {o.job_s:g} s jobs = {capacity:g} jobs/s, "
             f"queue.max_depth {o.max_depth}",
-            f"  answers: {dict(sorted(self.statuses.items()))} ({self.late} sent > 100 ms late)",
+            f"  answers: {dict(sorted(self.statuses.items()))} ({self.late} sent > 100 ms late), "
+            f"429 codes: {dict(sorted(self.codes.items()))}",
         ]
         for label, status in (("all", None), ("202", "202"), ("429", "429")):
             p50, p99 = self.latency(status)
@@ -141,45 +152,48 @@ def server_config(data_dir: Path, options: Options) -> dict[str, Any]:
     )
 
 
-def judge(headers: Any, raw: bytes) -> str | None:
-    """What is wrong with a 429 answer (None when it is as documented)."""
-    retry_after = headers.get("Retry-After", "")
-    if not retry_after.isdigit() or int(retry_after) < 1:
-        return f"429 without a valid Retry-After: {retry_after!r}"
+def judge(headers: Any, raw: bytes) -> tuple[str | None, str | None]:
+    """A 429 answer's error code, and what is wrong with it (None when it is as documented:
+    `queue_full`, the only limit this run sets)."""
     try:
         body = json.loads(raw)
     except ValueError:
-        return f"429 body is not JSON: {raw[:100]!r}"
+        return None, f"429 body is not JSON: {raw[:100]!r}"
     error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    retry_after = headers.get("Retry-After", "")
+    if not retry_after.isdigit() or int(retry_after) < 1:
+        return code, f"429 without a valid Retry-After: {retry_after!r}"
     if (
         set(body) != {"ok", "error"}
         or body["ok"] is not False
         or not isinstance(error, dict)
         or set(error) != {"code", "message"}
-        or error["code"] not in ("queue_full", "rate_limited")
         or not error["message"]
     ):
-        return f"429 body not in the documented shape: {body}"
-    return None
+        return code, f"429 body not in the documented shape: {body}"
+    if code != "queue_full":
+        return code, f"429 with code {code!r}, not queue_full (no other limit is set): {body}"
+    return code, None
 
 
 async def send(
     session: aiohttp.ClientSession, url: str, body: bytes, scheduled: float, report: Report
 ) -> None:
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
-    problem = None
+    problem = code = None
     try:
         async with session.post(url, data=body, headers=headers) as response:
             raw = await response.read()
             status = str(response.status)
             if response.status == 429:
-                problem = judge(response.headers, raw)
+                code, problem = judge(response.headers, raw)
             elif response.status == 202:
                 if "job_id" not in json.loads(raw):
                     problem = f"202 without a job_id: {raw[:100]!r}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         status = type(exc).__name__
-    report.answers.append(Answer(status, (time.perf_counter() - scheduled) * 1000, problem))
+    report.answers.append(Answer(status, (time.perf_counter() - scheduled) * 1000, problem, code))
 
 
 async def sample(server: AhvServer, report: Report, stop: asyncio.Event) -> None:
@@ -234,6 +248,12 @@ def check(report: Report, options: Options, exit_status: int | None, problems: l
         fail.append(f"{len(bad)} answers not as documented, e.g. {bad[0]}")
     if max(report.depths, default=0) > options.max_depth:
         fail.append(f"queue depth {max(report.depths)} > max_depth {options.max_depth}")
+    # Without a full queue the run says nothing about overload.
+    if not report.statuses["429"] or max(report.depths, default=0) < options.max_depth:
+        fail.append(
+            f"the queue never filled: {report.statuses['429']} 429s, max sampled depth "
+            f"{max(report.depths, default=0)} < max_depth {options.max_depth}"
+        )
     if report.rss:
         growth = report.rss[-1] - report.rss[max(0, len(report.rss) // 10)]
         if growth > options.max_rss_growth_mb:
