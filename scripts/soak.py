@@ -24,7 +24,7 @@ Holds (exit status 1 if any fails)
 
 Run from the repository root:
 
-    python scripts/soak.py                             # 2,000 jobs: ~2-4 min
+    python scripts/soak.py                             # 2,000 jobs: ~10-30 s
     python scripts/soak.py --jobs 200 --warmup 50      # the CI variant (tests/test_proof.py)
 """
 
