@@ -2,14 +2,23 @@
 address, redirects to them, names resolving to them) for input URLs and webhook URLs, keys
 on every route, path traversal on /files/, oversize bodies, and slow clients.
 
+Names resolving to private, link-local, metadata and IPv4-mapped addresses need a hosts file
+of their own: those cases run in user, mount and network namespaces (tests/dns_namespace.py,
+tests/dns_namespace_cases.py), started by `test_names_resolving_to_refused_addresses`.
+
 Unit tests of the guard itself are in tests/test_fetch.py; these check what a client sees."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +30,10 @@ import pytest
 from aiohttp import web
 
 from ahv.http.middleware import PUBLIC_PATHS, PUBLIC_PREFIXES
+from tests import dns_namespace
 from tests import media as fixtures
 from tests.conftest import KEY_A, KEY_ADMIN, KEY_B, Api, base_config, merge
-from tests.process import AhvProcess
+from tests.process import ROOT, AhvProcess
 from tests.test_errors import check_shape
 
 ALL_TASKS = [
@@ -322,6 +332,55 @@ async def test_webhook_redirect_to_internal_address_is_not_followed(
     assert delivery["last_status"] == 307 and "not followed" in delivery["last_error"]
     assert delivery["attempts"] == 2
     assert secret_server.hits == []
+
+
+# -- names resolving to refused addresses (in namespaces of their own) ---------------------------
+
+
+def user_mount_network_namespaces() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rmn", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(180)
+def test_names_resolving_to_refused_addresses(tmp_path: Path) -> None:
+    """Names that resolve to 10/8, 172.16/12, 192.168/16, link-local, metadata (IPv4, IPv6,
+    IPv4-mapped) and loopback addresses: refused in input URLs and webhook URLs at submit,
+    as a redirect target at fetch, and when re-pointed after submit, at fetch and at webhook
+    delivery (recorded in the delivery log). The cases (tests/dns_namespace_cases.py) run
+    in namespaces where /etc/hosts is a file of the test's own and the refused addresses are
+    live, so a request let through would be seen arriving."""
+    if not user_mount_network_namespaces():
+        pytest.skip(
+            "needs `unshare -rmn` (user, mount and network namespaces) to map test names to "
+            "private addresses in a hosts file of its own"
+        )
+    # A session of its own: whatever happens, the namespace's processes end with it.
+    proc = subprocess.Popen(
+        ["unshare", "-rmn", sys.executable, "-m", "tests.dns_namespace", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=160)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    report = output[-20000:]
+    if proc.returncode == dns_namespace.SETUP_FAILED:
+        pytest.skip(report.strip().splitlines()[-1])
+    assert proc.returncode == 0, report
+    from tests import dns_namespace_cases
+
+    cases = sum(name.startswith("test_") for name in vars(dns_namespace_cases))
+    summary = report.strip().splitlines()[-1]
+    assert summary.startswith(f"{cases} passed in "), report
 
 
 # -- keys on every route -------------------------------------------------------------------------
