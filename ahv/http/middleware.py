@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ahv.errors import AhvError, error_body
-from ahv.http.keys import CALLER, orchestrator
+from ahv.http.keys import CALLER, orchestrator, socket_url
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,9 @@ def is_public(path: str) -> bool:
 
 async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = orchestrator(request)
-    if not app.seen_base_url and request.transport is not None:
+    if not app.seen_base_url:
         # Result URLs need this server's address when ahv.toml gives no public_url.
-        host, port = request.transport.get_extra_info("sockname")[:2]
-        host = f"[{host}]" if ":" in host else host
-        app.seen_base_url = f"http://{host}:{port}"
+        app.seen_base_url = socket_url(request) or ""
     if is_public(request.path):
         return await handler(request)
     if request.path in SELF_AUTHENTICATED:
