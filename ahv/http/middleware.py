@@ -21,6 +21,13 @@ PUBLIC_PATHS = frozenset({"/", "/docs", "/dashboard", "/openapi.json"})
 # Paths that check credentials themselves (/metrics also takes a bearer token).
 SELF_AUTHENTICATED = frozenset({"/metrics"})
 
+# What reading a request's body can answer, besides the route's own 400/422: 408
+# `request_timeout` (not all of it within server.read_timeout_s) and 413 `body_too_large`.
+# /openapi.json documents them on every route that takes a body.
+BODY_TIMEOUT_STATUS = 408
+BODY_TOO_LARGE_STATUS = 413
+BODY_STATUSES = (BODY_TIMEOUT_STATUS, BODY_TOO_LARGE_STATUS)
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -105,7 +112,7 @@ async def _read_body(request: web.Request) -> None:
         raise AhvError(
             "request_timeout",
             f"the request body did not arrive within {timeout_s:g} s (server.read_timeout_s)",
-            status=408,
+            status=BODY_TIMEOUT_STATUS,
         ) from None
 
 

@@ -20,7 +20,7 @@ import ahv
 from ahv.api_types import ErrorBody, JobDocument, WebhookEnvelope
 from ahv.config import Config
 from ahv.http.keys import base_url
-from ahv.http.middleware import SELF_AUTHENTICATED, is_public
+from ahv.http.middleware import BODY_STATUSES, SELF_AUTHENTICATED, is_public
 from ahv.http.openapi_routes import ERROR_CODES, ROUTES, Media, Route
 from ahv.http.openapi_tasks import task_routes
 from ahv.tasks import TaskSpec
@@ -185,7 +185,7 @@ def _error_statuses(route: Route) -> set[int]:
     if not is_public(route.path):
         statuses.add(401)
     if route.body is not None:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 422, *BODY_STATUSES}
     if "{" in route.path:
         statuses.add(404)
     if any(param.where == "query" for param in route.params):
