@@ -17,8 +17,8 @@ from aiohttp import web
 
 from ahv.errors import AhvError
 from ahv.events import HELLO, KEEPALIVE, Subscription
+from ahv.http.jobs_routes import job_filters
 from ahv.http.keys import ORCHESTRATOR, caller, orchestrator
-from ahv.jobs import STATUSES
 
 routes = web.RouteTableDef()
 
@@ -71,14 +71,10 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     hub = app.watch.hub
     _refuse_when_closed(hub.closed)
     who = caller(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise AhvError(
-            "invalid_request", f"status: must be one of {', '.join(STATUSES)}", status=422
-        )
+    status, task = job_filters(request)
     sub = hub.subscribe(
         owner=None if who.is_admin else who.name,
-        task=request.query.get("task") or None,
+        task=task,
         status=status,
         key_name=who.name,
     )

@@ -97,7 +97,7 @@ _LIST_PARAMS = (
     Param(
         "status", "query", {"type": "string", "enum": list(STATUSES)}, "only jobs in this status"
     ),
-    Param("task", "query", {"type": "string"}, "only jobs of this task"),
+    Param("task", "query", {"type": "string"}, "only jobs of this task (not a task here: 422)"),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
     # What GET /v1/jobs accepts is 1 to 2**62; next_cursor values are far below 10**18.
     Param(
