@@ -63,17 +63,30 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         elif exc.status == 405:
             message = f"method {request.method} is not allowed on {request.path}"
         elif exc.status == 413:
-            limit = request.app[_MAX_BODY]
-            message = f"request body is larger than the limit of {limit} bytes"
+            message = _too_large_message(request)
         response = error_response(AhvError(code, message, status=exc.status))
         if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client went away (mid-body, or before its answer): not a server error.
+            # What is answered here is never read; aiohttp drops it quietly.
+            log.info(
+                "client closed the connection during %s %s",
+                request.method,
+                request.path,
+                extra={"event": "client_gone"},
+            )
+            return error_response(AhvError("bad_request", "the connection closed early"))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
             AhvError("internal_error", "internal error; see the server log", status=500)
         )
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 _MAX_BODY = web.AppKey("max_body_bytes", int)
@@ -94,10 +107,21 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
     if request.path in SELF_AUTHENTICATED:
         return await handler(request)
     request[CALLER] = app.keys.authenticate(request.headers.get("X-API-Key"))
+    if (request.content_length or 0) > request.app[_MAX_BODY]:
+        # Refused at once: waiting for a body that will be refused only holds the connection.
+        response = error_response(
+            AhvError("body_too_large", _too_large_message(request), status=BODY_TOO_LARGE_STATUS)
+        )
+        response.force_close()  # the rest of the body is not read
+        return response
     if request.body_exists and not request.content.is_eof():
         # Not all of the body is here yet (a small one usually comes with the headers).
         await _read_body(request)
     return await handler(request)
+
+
+def _too_large_message(request: web.Request) -> str:
+    return f"request body is larger than the limit of {request.app[_MAX_BODY]} bytes"
 
 
 async def _read_body(request: web.Request) -> None:
