@@ -384,6 +384,22 @@ class Store:
         )
         return None if row is None else _from_row(row)
 
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
+        """The jobs of these ids that still exist, by id (in one read, a few hundred ids per
+        query)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, JobRow]:
+            found: dict[str, JobRow] = {}
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for row in conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                    job = _from_row(row)
+                    found[job.id] = job
+            return found
+
+        return await self._call(run)
+
     async def list_jobs(
         self,
         *,

@@ -140,9 +140,18 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/v1/events",
-        "Live events of every job the key may see (server-sent events); never ends by itself",
+        "Live events of every job the key may see (server-sent events); never ends by itself. "
+        "With Last-Event-ID, hello says whether it resumed from there",
         {200: _EVENT_STREAM},
-        params=_LIST_PARAMS[:2],
+        params=(
+            *_LIST_PARAMS[:2],
+            Param(
+                "Last-Event-ID",
+                "header",
+                {"type": "string"},
+                "the id of the last event received: the jobs changed since come first",
+            ),
+        ),
         errors=(DRAINING_STATUS,),
     ),
     Route(
