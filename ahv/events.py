@@ -7,16 +7,25 @@ queue. When a slow consumer's queue is full, intermediate (non-final) events are
 preferring one whose job has a newer event queued behind it, so what the consumer sees last
 of each job is still its latest state; final events (a final status, a deletion) are never
 dropped. A consumer that falls so far behind that `overflow_limit` final events wait is
-disconnected (its stream ends; it reconnects and catches up with GET /v1/jobs).
+disconnected (its stream ends; it reconnects and catches up, see below).
 
 A job's document is built and encoded once per change, and only when someone listens.
+
+Catching up: the hub remembers, for the last `replay_limit` jobs that changed, the id of
+their latest change (not the document: that is read again from the store). A client that
+reconnects to the all-jobs stream with `Last-Event-ID` gets the current document of every
+job it may see that changed after that event, deletions included (`changes_since`). Event
+ids are microseconds since the epoch, bumped by one when events come faster, so they grow
+across restarts too, and an id from before this run (or from before what is remembered) is
+told apart: the catch-up is then incomplete and the client re-lists with GET /v1/jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,9 +36,17 @@ from ahv.jobs import JobRow
 
 QUEUE_LIMIT = 256
 OVERFLOW_LIMIT = 4096
+REPLAY_LIMIT = 10_000  # jobs whose latest change a reconnecting client can catch up on
 
 HELLO = b'event: hello\ndata: {"ok": true}\n\n'
 KEEPALIVE = b": keepalive\n\n"
+
+
+def hello(resumed: bool) -> bytes:
+    """The all-jobs stream's first event for a client that sent Last-Event-ID: `resumed`
+    true when every change after that event follows (as each job's current document)."""
+    data = b'{"ok": true, "resumed": %s}' % (b"true" if resumed else b"false")
+    return b"event: hello\ndata: %s\n\n" % data
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +60,26 @@ class Event:
     def encode(self) -> bytes:
         """The server-sent-events wire form: `event`, `id`, `data`, blank line."""
         return b"event: %s\nid: %d\ndata: %s\n\n" % (self.name.encode(), self.id, self.data)
+
+
+def job_event(event_id: int, job: JobRow, document: JobDocument) -> Event:
+    return Event(event_id, "job", job.id, job.is_terminal, msgspec.json.encode(document))
+
+
+def deleted_event(event_id: int, job_id: str) -> Event:
+    return Event(event_id, "deleted", job_id, True, msgspec.json.encode({"job_id": job_id}))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A job's latest change, remembered for catching up: its event id and what filters
+    need (a deleted job has no row left to read them from)."""
+
+    id: int
+    job_id: str
+    owner: str
+    task: str
+    deleted: bool
 
 
 class Subscription:
@@ -72,12 +109,17 @@ class Subscription:
         self._ready = asyncio.Event()
 
     def matches(self, job: JobRow, *, deleted: bool = False) -> bool:
-        if self.owner is not None and job.owner != self.owner:
+        return self.may_see(job.owner, job.task, None if deleted else job.status)
+
+    def may_see(self, owner: str, task: str, status: str | None) -> bool:
+        """Whether a job of this owner, task and status is for this stream (`status` None:
+        the job was deleted)."""
+        if self.owner is not None and owner != self.owner:
             return False
-        if self.task is not None and job.task != self.task:
+        if self.task is not None and task != self.task:
             return False
         # A deletion has no status of its own: every stream that may see the job hears of it.
-        return deleted or self.status is None or job.status == self.status
+        return status is None or self.status is None or status == self.status
 
     def push(self, event: Event) -> None:
         if self.closed:
@@ -136,13 +178,22 @@ class EventHub:
     """Subscribers by job (a job's stream) and the rest (the all-jobs stream)."""
 
     def __init__(
-        self, *, queue_limit: int = QUEUE_LIMIT, overflow_limit: int = OVERFLOW_LIMIT
+        self,
+        *,
+        queue_limit: int = QUEUE_LIMIT,
+        overflow_limit: int = OVERFLOW_LIMIT,
+        replay_limit: int = REPLAY_LIMIT,
     ) -> None:
         self._queue_limit = queue_limit
         self._overflow_limit = overflow_limit
         self._by_job: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
-        self._last_id = 0
+        self._last_id = time.time_ns() // 1000
+        # Latest change per job, oldest first, at most replay_limit; a catch-up from an
+        # event id below _forgotten_through may miss changes (of a previous run, or dropped).
+        self._changes: OrderedDict[str, Change] = OrderedDict()
+        self._replay_limit = replay_limit
+        self._forgotten_through = self._last_id
         self.closed = False
 
     @property
@@ -150,9 +201,34 @@ class EventHub:
         return len(self._all) + sum(len(subs) for subs in self._by_job.values())
 
     def next_id(self) -> int:
-        """A fresh event id: ids only grow, so each stream's ids are monotonic."""
-        self._last_id += 1
+        """A fresh event id: ids only grow, so each stream's ids are monotonic; they are the
+        wall clock in microseconds when events come slower than one per microsecond, so the
+        next run's ids are above this one's."""
+        self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
         return self._last_id
+
+    def _record(self, job: JobRow, *, deleted: bool) -> int:
+        event_id = self.next_id()
+        self._changes[job.id] = Change(event_id, job.id, job.owner, job.task, deleted)
+        self._changes.move_to_end(job.id)
+        if len(self._changes) > self._replay_limit:
+            _, oldest = self._changes.popitem(last=False)
+            self._forgotten_through = oldest.id
+        return event_id
+
+    def changes_since(self, last_event_id: int) -> list[Change] | None:
+        """The latest change of each job changed after `last_event_id`, oldest first; None
+        when that cannot be told (the id is older than what is remembered, from another run,
+        or not one this hub gave)."""
+        if not self._forgotten_through <= last_event_id <= self._last_id:
+            return None
+        found: list[Change] = []
+        for change in reversed(self._changes.values()):
+            if change.id <= last_event_id:
+                break
+            found.append(change)
+        found.reverse()
+        return found
 
     def subscribe(
         self,
@@ -192,21 +268,22 @@ class EventHub:
                 del self._by_job[sub.job_id]
 
     def event(self, job: JobRow, document: JobDocument) -> Event:
-        return Event(self.next_id(), "job", job.id, job.is_terminal, msgspec.json.encode(document))
+        return job_event(self.next_id(), job, document)
 
     def publish(self, job: JobRow, document: Callable[[JobRow], JobDocument]) -> None:
         """The job changed: its document goes to every subscriber that may see it."""
+        event_id = self._record(job, deleted=False)
         targets = self._targets(job, deleted=False)
         if targets:
-            event = self.event(job, document(job))
+            event = job_event(event_id, job, document(job))
             for sub in targets:
                 sub.push(event)
 
     def publish_deleted(self, job: JobRow) -> None:
+        event_id = self._record(job, deleted=True)
         targets = self._targets(job, deleted=True)
         if targets:
-            data = msgspec.json.encode({"job_id": job.id})
-            event = Event(self.next_id(), "deleted", job.id, True, data)
+            event = deleted_event(event_id, job.id)
             for sub in targets:
                 sub.push(event)
 

@@ -106,6 +106,11 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX expired_files_job ON expired_files(job_id);
     CREATE INDEX expired_files_when ON expired_files(expired_us);
     """,
+    # Redeliveries: counted, so that the outcome of an attempt in flight when a redelivery
+    # was asked for does not overwrite it (see outbox_record).
+    """
+    ALTER TABLE outbox ADD COLUMN redeliveries INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _JOB_COLUMNS = [f for f in JobRow.__struct_fields__]
@@ -130,6 +135,7 @@ class OutboxEvent(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     created_us: int
     delivered_us: int | None = None
+    redeliveries: int = 0  # how many times POST /redeliver restarted it
 
 
 class IdempotencyConflict(Exception):
@@ -378,6 +384,22 @@ class Store:
         )
         return None if row is None else _from_row(row)
 
+    async def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
+        """The jobs of these ids that still exist, by id (in one read, a few hundred ids per
+        query)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, JobRow]:
+            found: dict[str, JobRow] = {}
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for row in conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                    job = _from_row(row)
+                    found[job.id] = job
+            return found
+
+        return await self._call(run)
+
     async def list_jobs(
         self,
         *,
@@ -607,12 +629,17 @@ class Store:
             sql += f" AND host NOT IN ({', '.join('?' for _ in skip_hosts)})"
         return sql, (*skip_ids, *skip_hosts)
 
-    async def outbox_record(self, event: OutboxEvent) -> None:
-        """Save the outcome of a delivery attempt (state, attempts, next try, last answer)."""
-        await self._transaction(
-            lambda c: c.execute(
+    async def outbox_record(self, event: OutboxEvent) -> bool:
+        """Save the outcome of a delivery attempt (state, attempts, next try, last answer).
+        False when a redelivery was asked for while the attempt was in flight: the row was
+        reset (pending, due now, attempts from 0) and stays so, with this attempt's answer
+        as its last one; the sender picks it up again once this attempt is over."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            saved = conn.execute(
                 """UPDATE outbox SET state = ?, attempts = ?, next_attempt_us = ?,
-                   last_status = ?, last_error = ?, delivered_us = ? WHERE id = ?""",
+                   last_status = ?, last_error = ?, delivered_us = ?
+                   WHERE id = ? AND redeliveries = ?""",
                 (
                     event.state,
                     event.attempts,
@@ -621,9 +648,17 @@ class Store:
                     event.last_error,
                     event.delivered_us,
                     event.id,
+                    event.redeliveries,
                 ),
-            )
-        )
+            ).rowcount
+            if not saved:
+                conn.execute(
+                    "UPDATE outbox SET last_status = ?, last_error = ? WHERE id = ?",
+                    (event.last_status, event.last_error, event.id),
+                )
+            return bool(saved)
+
+        return await self._transaction(run)
 
     async def outbox_for_job(self, job_id: str) -> list[OutboxEvent]:
         rows = await self._call(
@@ -646,7 +681,7 @@ class Store:
                 return None
             conn.execute(
                 """UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_us = ?,
-                   delivered_us = NULL WHERE id = ?""",
+                   delivered_us = NULL, redeliveries = redeliveries + 1 WHERE id = ?""",
                 (now_us, row[0]),
             )
             return _from_outbox_row(

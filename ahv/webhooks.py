@@ -241,9 +241,32 @@ class WebhookSender:
             "status_code": status,
             "attempt": event.attempts,
         }
-        if status is not None and 200 <= status < 300:
+        delivered = status is not None and 200 <= status < 300
+        delay_s = 0.0
+        if delivered:
             event.state = "delivered"
             event.delivered_us = now_us()
+        elif retryable and event.attempts < self._config.max_attempts:
+            delay_s = self._backoff_s(event, retry_after)
+            event.next_attempt_us = now_us() + int(delay_s * 1e6)
+        else:
+            event.state = "failed"
+        # If shutdown cancels us before this write, the event stays pending and is sent
+        # again after the restart: at least once, under the same webhook-id.
+        if not await self._store.outbox_record(event):
+            # POST /redeliver reset the event while this attempt was in flight: the reset
+            # stands (due now, attempts from 0); _delivered wakes the loop to send it.
+            log.info(
+                "job %s: webhook %s attempt %d ended (%s); a redelivery was asked for "
+                "meanwhile, sending again",
+                event.job_id,
+                event.event_id,
+                event.attempts,
+                f"HTTP {status}" if delivered else error,
+                extra={**fields, "event": "webhook_redelivery_pending", "error": error},
+            )
+            self._on_attempt("delivered" if delivered else "failed_attempt")
+        elif delivered:
             log.info(
                 "job %s: webhook %s delivered (HTTP %s, attempt %d)",
                 event.job_id,
@@ -253,9 +276,7 @@ class WebhookSender:
                 extra={**fields, "event": "webhook_delivered"},
             )
             self._on_attempt("delivered")
-        elif retryable and event.attempts < self._config.max_attempts:
-            delay_s = self._backoff_s(event, retry_after)
-            event.next_attempt_us = now_us() + int(delay_s * 1e6)
+        elif event.state == "pending":
             log.info(
                 "job %s: webhook %s attempt %d failed (%s), retrying in %.1f s",
                 event.job_id,
@@ -272,7 +293,6 @@ class WebhookSender:
             )
             self._on_attempt("failed_attempt")
         else:
-            event.state = "failed"
             log.warning(
                 "job %s: webhook %s failed for good after %d attempts (%s)",
                 event.job_id,
@@ -282,9 +302,6 @@ class WebhookSender:
                 extra={**fields, "event": "webhook_failed", "error": error},
             )
             self._on_attempt("gave_up")
-        # If shutdown cancels us before this write, the event stays pending and is sent
-        # again after the restart: at least once, under the same webhook-id.
-        await self._store.outbox_record(event)
 
     def _backoff_s(self, event: OutboxEvent, retry_after_s: float | None) -> float:
         base = self._config.retry_base_s * 2 ** (event.attempts - 1)

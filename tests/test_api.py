@@ -146,6 +146,20 @@ async def test_list_filters_and_cursor(api: Api) -> None:
     assert none["jobs"] == [] and none["next_cursor"] is None
 
 
+async def test_unknown_filters_are_422_naming_the_field(api: Api) -> None:
+    # Both filters of the list and of the event stream: a typo is not an empty list for ever.
+    known = sorted(api.orchestrator.registry)
+    for path in ("/v1/jobs", "/v1/events"):
+        status, body, _ = await api.call("GET", f"{path}?task=bogus")
+        assert status == 422, (path, body)
+        assert body["error"]["code"] == "invalid_request"
+        message = body["error"]["message"]
+        assert message.startswith("task: ") and "'bogus'" in message, message
+        assert all(name in message for name in known), message
+        status, body, _ = await api.call("GET", f"{path}?status=done")
+        assert status == 422 and body["error"]["message"].startswith("status: must be one of")
+
+
 async def test_idempotency_key(api: Api) -> None:
     body = {"task": "sleep", "payload": {"seconds": 0}}
     headers = {"Idempotency-Key": "order-42"}

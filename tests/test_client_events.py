@@ -276,3 +276,30 @@ async def test_events_on_the_real_server(api: Api) -> None:
         with pytest.raises(AhvClientError) as unknown:
             [event async for event in ahv.events("0" * 32)]
         assert unknown.value.code == "job_not_found"
+
+
+async def test_events_resume_from_last_event_id_on_the_real_server(api: Api) -> None:
+    async with AsyncClient(api.url, KEY_A) as ahv:
+        first = await ahv.submit("sleep", {"seconds": 0})
+        await ahv.wait(first.job_id, timeout_s=15)
+        # The job's own stream gives the id of its final event; what comes after is caught up.
+        (last,) = [event async for event in ahv.events(first.job_id)]
+        assert last.id is not None
+        missed = await ahv.submit("sleep", {"seconds": 0})
+        await ahv.wait(missed.job_id, timeout_s=15)
+
+        async def first_events(last_event_id: str) -> list[JobEvent]:
+            got: list[JobEvent] = []
+            async with contextlib.aclosing(ahv.events(last_event_id=last_event_id)) as events:
+                async for event in events:
+                    got.append(event)
+                    if event.type == "resync" or event.job_id == missed.job_id:
+                        return got
+            return got
+
+        (caught,) = await asyncio.wait_for(first_events(last.id), 15)
+        assert caught.type == "job" and caught.job is not None
+        assert caught.job.status == "succeeded" and int(caught.id or 0) > int(last.id)
+        # An id the server cannot resume from: the caller is told to list the jobs again.
+        (resync,) = await asyncio.wait_for(first_events("1"), 15)
+        assert resync == JobEvent(type="resync", job_id="")

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import KEY_ADMIN, KEY_B, SECRET_A, Api, Delivery, StartServer, verify_signature
@@ -134,3 +135,61 @@ async def test_redeliver_refusals(start_server: StartServer, aiohttp_server: Any
     assert status == 202
     await hook.wait_for(2)
     assert hook.deliveries[1].json["status"] == "canceled"
+
+
+@dataclass
+class SlowHook:
+    """A real receiver that takes `delay_s` to answer: 500 while broken, 200 once fixed (as
+    it was when the request arrived)."""
+
+    delay_s: float = 1.5
+    broken: bool = True
+    url: str = ""
+    arrived: list[float] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        status = 500 if self.broken else 200
+        await request.read()
+        self.arrived.append(time.monotonic())
+        await asyncio.sleep(self.delay_s)
+        self.answers.append(status)
+        return web.Response(status=status)
+
+    async def wait_for(self, count: int, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.arrived) < count:
+            assert time.monotonic() < deadline, f"{len(self.arrived)} of {count} deliveries"
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+async def test_redeliver_while_an_attempt_is_in_flight_is_sent(
+    start_server: StartServer, aiohttp_server: Any, max_attempts: int
+) -> None:
+    # max_attempts 1: the attempt in flight is the last, so it used to mark the event failed
+    # over the reset; 3: its retry, 15 s or more away, used to replace "due now".
+    api = await start_server(
+        webhooks={
+            "max_attempts": max_attempts,
+            "timeout_s": 5.0,
+            "retry_base_s": 30.0,
+            "retry_max_s": 30.0,
+        }
+    )
+    hook = SlowHook()
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    hook.url = str((await aiohttp_server(app)).make_url("/hook"))
+    job_id = (await api.submit("sleep", {"seconds": 0}, webhook_url=hook.url))["job_id"]
+    await hook.wait_for(1)  # the first attempt is in flight: the receiver is thinking
+    hook.broken = False
+    status, body, _ = await api.call("POST", f"/v1/jobs/{job_id}/redeliver")
+    assert status == 202, body
+    assert body["delivery"]["state"] == "pending" and body["delivery"]["attempts"] == 0
+    # The attempt in flight ends (500), and the redelivery is sent right after it.
+    await hook.wait_for(2, timeout_s=6)
+    assert hook.arrived[1] - hook.arrived[0] < hook.delay_s + 2
+    delivered = await wait_state(api, job_id, "delivered")
+    assert hook.answers == [500, 200]
+    assert delivered["attempts"] == 1 and delivered["last_status"] == 200

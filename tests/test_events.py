@@ -26,9 +26,12 @@ ONE_SLOT = [{"name": "cpu", "slots": 1, "tasks": ["sleep", "upscale"]}]
 
 @asynccontextmanager
 async def stream(
-    session: aiohttp.ClientSession, url: str, key: str = KEY_A
+    session: aiohttp.ClientSession, url: str, key: str = KEY_A, last_event_id: str | None = None
 ) -> AsyncIterator[SseReader]:
-    async with session.get(url, headers={"X-API-Key": key}) as response:
+    headers = {"X-API-Key": key}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with session.get(url, headers=headers) as response:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"] == "text/event-stream"
         assert response.headers["Cache-Control"] == "no-cache"
@@ -172,6 +175,93 @@ async def test_open_streams_end_cleanly_and_do_not_hold_up_a_stop(ahv_process: A
             assert time.monotonic() - began < 4.5
 
 
+# -- reconnecting with Last-Event-ID -------------------------------------------------------------
+
+
+async def test_reconnecting_with_last_event_id_catches_up(start_server: StartServer) -> None:
+    api = await start_server()
+    url = f"{api.url}/v1/events"
+    async with stream(api.session, url) as reader:
+        assert (await reader.next_event()).json == {"ok": True}  # no Last-Event-ID: as ever
+        gone = (await api.submit("sleep", {"seconds": 0}))["job_id"]
+        seen = await until_final(reader, gone)
+    last = seen[-1].id
+    assert last is not None
+    # While away: a job runs to its end, one is deleted, another key's job ends.
+    done = (await api.submit("sleep", {"seconds": 0.05, "steps": 2}))["job_id"]
+    await api.wait(done)
+    assert (await api.call("DELETE", f"/v1/jobs/{gone}"))[0] == 200
+    theirs = (await api.submit("sleep", {"seconds": 0}, key=KEY_B))["job_id"]
+    await api.wait(theirs, key=KEY_B)
+
+    async with stream(api.session, url, last_event_id=str(last)) as reader:
+        assert (await reader.next_event()).json == {"ok": True, "resumed": True}
+        caught = [await reader.next_event(), await reader.next_event()]
+        # Each job that changed since, once, as it is now (not its steps), oldest first.
+        assert [(e.event, e.json["job_id"]) for e in caught] == [("job", done), ("deleted", gone)]
+        assert caught[0].json["status"] == "succeeded" and caught[0].json["result"]
+        ids = [e.id or 0 for e in caught]
+        assert ids == sorted(ids) and ids[0] > last
+        # Then live: nothing else was replayed (not the other key's job).
+        live = (await api.submit("sleep", {"seconds": 0}))["job_id"]
+        following = await reader.next_event()
+        assert following.json["job_id"] == live and (following.id or 0) > ids[-1]
+        await until_final(reader, live)
+
+    # The filters apply to what is caught up on; deletions reach every stream that may see
+    # the job. From the last replayed id on, only what came after.
+    async with stream(api.session, f"{url}?status=succeeded", last_event_id=str(last)) as reader:
+        assert (await reader.next_event()).json["resumed"] is True
+        got = [await reader.next_event() for _ in range(3)]
+        assert [(e.event, e.json["job_id"]) for e in got] == [
+            ("job", done),
+            ("deleted", gone),
+            ("job", live),
+        ]
+    async with stream(api.session, url, last_event_id=str(ids[-1])) as reader:
+        assert (await reader.next_event()).json["resumed"] is True
+        got = await reader.next_event()
+        assert got.json["job_id"] == live and got.json["status"] == "succeeded"
+
+
+async def test_a_last_event_id_it_cannot_resume_from_says_so(start_server: StartServer) -> None:
+    api = await start_server()
+    # An id from before this run of the server (ids are microseconds since the epoch), one
+    # from the future, and one this server never gives: resumed false, nothing replayed.
+    await api.wait((await api.submit("sleep", {"seconds": 0}))["job_id"])
+    for last in ("1", str(10**17), "abc"):
+        async with stream(api.session, f"{api.url}/v1/events", last_event_id=last) as reader:
+            assert (await reader.next_event()).json == {"ok": True, "resumed": False}, last
+            job_id = (await api.submit("sleep", {"seconds": 0}))["job_id"]
+            assert (await reader.next_event()).json["job_id"] == job_id
+            await until_final(reader, job_id)
+    # A job's stream needs no catch-up: whatever the id, it opens with the current document.
+    url = f"{api.url}/v1/jobs/{job_id}/events"
+    async with stream(api.session, url, last_event_id="1") as reader:
+        (only,) = await reader.events()
+        assert only.json["status"] == "succeeded"
+
+
+async def test_event_ids_of_the_next_run_are_above_and_do_not_resume(ahv_process: Any) -> None:
+    server = ahv_process()
+    async with aiohttp.ClientSession() as session:
+        url = await asyncio.to_thread(server.start)
+        async with stream(session, f"{url}/v1/events") as reader:
+            await reader.next_event()
+            first = await submit(session, url, {"task": "sleep", "payload": {"seconds": 0}})
+            last = (await until_final(reader, first))[-1].id or 0
+        server.terminate()
+        assert await asyncio.to_thread(server.wait_exit, 20) == 0
+        url = await asyncio.to_thread(server.start)
+        async with stream(session, f"{url}/v1/events", last_event_id=str(last)) as reader:
+            assert (await reader.next_event()).json == {"ok": True, "resumed": False}
+            second = await submit(session, url, {"task": "sleep", "payload": {"seconds": 0}})
+            assert ((await reader.next_event()).id or 0) > last
+            await until_final(reader, second)
+        server.terminate()
+        assert await asyncio.to_thread(server.wait_exit, 20) == 0
+
+
 # -- the hub's queues, on their own ------------------------------------------------------------
 
 
@@ -242,3 +332,24 @@ async def test_the_hub_routes_by_job_owner_and_ends_on_close() -> None:
     hub.close()
     assert mine.closed and everyone.closed and hub.subscribe().closed
     assert await everyone.next_batch(5) == []  # at once: closed
+
+
+async def test_the_hub_remembers_the_latest_change_of_its_last_jobs() -> None:
+    hub = EventHub(replay_limit=2)
+    start = hub.next_id()
+    hub.publish(row("a", "queued"), document)
+    hub.publish(row("b", "queued"), document)
+    (a, b) = hub.changes_since(start) or []
+    assert (a.job_id, b.job_id) == ("a", "b") and start < a.id < b.id
+    hub.publish(row("a", "running"), document)  # a's latest change moves to the end
+    assert [c.job_id for c in hub.changes_since(start) or []] == ["b", "a"]
+    assert hub.changes_since(b.id) == [hub.changes_since(start)[-1]]  # type: ignore[index]
+    hub.publish_deleted(row("c", "succeeded", owner="client-b"))  # b is forgotten now
+    assert hub.changes_since(start) is None  # it changed after `start`: cannot tell
+    changes = hub.changes_since(b.id) or []
+    assert [(c.job_id, c.deleted, c.owner) for c in changes] == [
+        ("a", False, "client-a"),
+        ("c", True, "client-b"),
+    ]
+    assert hub.changes_since(changes[-1].id) == []
+    assert hub.changes_since(changes[-1].id + 1) is None  # not given yet

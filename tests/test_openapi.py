@@ -4,8 +4,10 @@ webhook body) validate against the schemas it publishes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import msgspec
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
@@ -283,3 +285,56 @@ async def test_cloud_jobs_stats_backends_and_deliveries_match_the_document(
         "scheme": "bearer",
     }
     assert doc["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}, {"metricsToken": []}]
+
+
+async def raw_post(api: Api, path: str, head: bytes, body: bytes) -> tuple[int, Any]:
+    """POST `head` headers and `body` over a bare socket, and read one answer (without
+    waiting for the server to close: after an early answer aiohttp drains for a while)."""
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\n".encode())
+        writer.write(head + b"\r\n" + body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answer = await reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split()[1]), msgspec.json.decode(answer)
+    finally:
+        writer.close()
+
+
+async def test_body_and_draining_refusals_are_documented(start_server: StartServer) -> None:
+    api = await start_server(server={"read_timeout_s": 0.3})
+    doc = await document(api)
+    with_body = [
+        (method, path)
+        for path, operations in doc["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert ("post", "/v1/jobs") in with_body and ("post", "/test/sleep") in with_body
+    for method, path in with_body:
+        responses = doc["paths"][path][method]["responses"]
+        assert {"400", "408", "413", "422"} <= set(responses), (method, path)
+    # A body that never arrives in full: the middleware's 408, as documented.
+    for path in ("/v1/jobs", "/test/sleep"):
+        status, body = await raw_post(api, path, b"Content-Length: 100\r\n", b"{")
+        assert status == 408 and body["error"]["code"] == "request_timeout", body
+        check_response(doc, "POST", path, status, body)
+
+    job = await api.submit("sleep", {"seconds": 0})
+    # Shutdown begun (the app's on_shutdown hooks, which the runner calls first): both event
+    # streams refuse with 503 `draining` and Retry-After, as documented.
+    await api.server.app.shutdown()
+    for path, template in (
+        ("/v1/events", "/v1/events"),
+        (f"/v1/jobs/{job['job_id']}/events", "/v1/jobs/{job_id}/events"),
+    ):
+        status, body, response = await api.call("GET", path)
+        assert status == 503 and body["error"]["code"] == "draining", (path, body)
+        assert int(response.headers["Retry-After"]) >= 1
+        check_response(doc, "GET", template, status, body)
+        assert "Retry-After" in doc["paths"][template]["get"]["responses"]["503"]["headers"]

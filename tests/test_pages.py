@@ -3,6 +3,7 @@ a key, generated from the task registry, the API base filled in and escaped, no 
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import html
 import re
@@ -106,6 +107,31 @@ async def test_docs_base_from_host_header_is_escaped(api: Api) -> None:
     assert status == 200
     assert "<script>alert(1)" not in page
     assert "http://x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;/v1/jobs" in page
+
+
+async def raw_get(api: Api, path: str) -> bytes:
+    """GET over a bare socket, HTTP/1.0 without a Host header (as old clients send it)."""
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_docs_base_without_a_host_header_is_the_address_and_port(api: Api) -> None:
+    # request.host would give the machine's name without the port: curl examples on port 80.
+    answer = await raw_get(api, "/")
+    assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
+    page = answer.decode()
+    base = f"http://{api.server.host}:{api.server.port}"
+    assert f'<code id="api-base">{base}</code>' in page
+    assert f"curl -X POST &quot;{base}/v1/jobs&quot;" in page
+    # /openapi.json says the same.
+    answer = await raw_get(api, "/openapi.json")
+    document = msgspec.json.decode(answer.split(b"\r\n\r\n", 1)[1])
+    assert document["servers"] == [{"url": base}]
 
 
 async def test_dashboard_and_static_files(api: Api) -> None:

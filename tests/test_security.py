@@ -686,3 +686,57 @@ async def test_slow_clients_are_cut_off(slow_server: AhvProcess) -> None:
     # And a normal request still works on the same server.
     status, _ = await raw_request(port, "/healthz")
     assert status == 200
+
+
+async def send_and_leave(port: int, head: bytes, body: bytes, *, half_close: bool) -> None:
+    """Send a request whose body is cut short, then go away (close, or half-close first)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the server is reading the body now
+    if half_close:
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+
+async def test_clients_gone_mid_body_and_oversize_bodies(tmp_path: Path) -> None:
+    # The real `ahv serve` (a test server cancels the handler on disconnect, hiding this),
+    # with the default read_timeout_s of 30 s.
+    process = AhvProcess(base_config(tmp_path / "data"), tmp_path)
+    url = await asyncio.to_thread(process.start)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        # Content-Length over server.max_body_bytes: 413 at once, not after read_timeout_s.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        began = time.monotonic()
+        writer.write(
+            f"POST /v1/jobs/x/redeliver HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\n"
+            "Content-Length: 100000000\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = re.search(rb"Content-Length: (\d+)", head)
+        assert length is not None, head
+        payload = msgspec.json.decode(await reader.readexactly(int(length[1])))
+        writer.close()
+        assert time.monotonic() - began < 2
+        assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head, head
+        assert payload["error"]["code"] == "body_too_large"
+        assert "1048576" in payload["error"]["message"]
+        # Clients that go away before their body is in: nothing for the server's log to
+        # call an error.
+        for path in ("/v1/jobs/x/redeliver", "/v1/jobs"):
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY_A}\r\n"
+                "Content-Length: 1000\r\n\r\n"
+            ).encode()
+            await send_and_leave(port, head, b'{"task": ', half_close=False)
+            await send_and_leave(port, head, b'{"task": ', half_close=True)
+        status, _ = await raw_request(port, "/healthz")
+        assert status == 200
+        await asyncio.sleep(0.3)  # the log lines are written by a thread
+    finally:
+        process.stop()
+    log = process.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    assert log.count("client closed the connection during POST") == 4, log[-3000:]

@@ -27,6 +27,17 @@ _PAGE = msgspec.json.Decoder(JobPage)
 MAX_PAGE = 200
 
 
+class _Hello(msgspec.Struct):
+    resumed: bool = False  # a server that does not say so did not resume
+
+
+def _resumed(hello: str | bytes) -> bool:
+    try:
+        return msgspec.json.decode(hello, type=_Hello).resumed
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
 class _Deleted(msgspec.Struct):
     job_id: str
 
@@ -196,7 +207,13 @@ class AsyncClient:
     ) -> AsyncGenerator[JobEvent, None]:
         """The server's event stream: with `job_id`, that job's documents (the current one
         first) until its final status, then the iterator ends; without, every visible job's
-        changes (`task`/`status` filter them) and deletions, until the caller stops."""
+        changes (`task`/`status` filter them) and deletions, until the caller stops.
+
+        `last_event_id` (the `id` of the last event received, after a broken stream): the
+        server first sends the current document of each job that changed since (deletions
+        too), then goes on live. When it cannot (an id from before a restart of the server,
+        or from too long ago) the first event is of type "resync": re-list with `list()`.
+        A job's stream needs no id: it always opens with the job's current document."""
         if job_id is not None:
             path, params = f"/v1/jobs/{job_id}/events", {}
         else:
@@ -222,7 +239,10 @@ class AsyncClient:
                         response.status,
                     )
                 async for sse in iter_events(response.content.iter_any()):
-                    if sse.event == "job":
+                    if sse.event == "hello" and job_id is None and last_event_id is not None:
+                        if not _resumed(sse.data):
+                            yield JobEvent(type="resync", job_id="")
+                    elif sse.event == "job":
                         job = _JOB.decode(sse.data)
                         yield JobEvent(type="job", job_id=job.job_id, job=job, id=sse.id)
                     elif sse.event == "deleted":

@@ -93,9 +93,12 @@ class JobPage(msgspec.Struct, kw_only=True):
 
 class JobEvent(msgspec.Struct, kw_only=True):
     """One event of an events stream: `type` "job" carries the job's new document; "deleted"
-    only its id. `id` is the stream's event id (for Last-Event-ID)."""
+    only its id; "resync" (no job, `job_id` empty) says that the server could not send what
+    happened since the `last_event_id` given: list the jobs again. `id` is the stream's event
+    id: pass the last one received as `events(last_event_id=...)` to resume a broken stream
+    (the server's Last-Event-ID)."""
 
-    type: Literal["job", "deleted"]
+    type: Literal["job", "deleted", "resync"]
     job_id: str
     job: Job | None = None
     id: str | None = None

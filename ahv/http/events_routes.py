@@ -6,6 +6,14 @@ header as every other call (browsers read them with fetch(), not EventSource):
 - `GET /v1/events?task=&status=`: `event: hello` first, then every change of every job the
   key may see; it never ends by itself.
 
+Reconnecting: a job's stream opens with the job's current document anyway, so it needs
+nothing more. The all-jobs stream, given `Last-Event-ID` (the `id` of the last event the
+client got), sends after `hello` the current document of every job it may see that changed
+after that event (and `deleted` for those deleted), then goes on live; its hello says
+`"resumed": true` when that is all of them, false when the server cannot tell (an id from
+before a restart, or older than the last ahv.events.REPLAY_LIMIT jobs changed): the client
+then re-lists with GET /v1/jobs.
+
 Each message is `event: job\\nid: <n>\\ndata: <compact JSON document>\\n\\n`; an idle stream
 gets a `: keepalive` comment every `server.sse_keepalive_s`. Streams end when the server
 shuts down, so they never hold up its stop.
@@ -16,11 +24,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from ahv.errors import AhvError
-from ahv.events import HELLO, KEEPALIVE, Subscription
+from ahv.events import (
+    HELLO,
+    KEEPALIVE,
+    Change,
+    Subscription,
+    deleted_event,
+    hello,
+    job_event,
+)
+from ahv.http.jobs_routes import job_filters
 from ahv.http.keys import ORCHESTRATOR, caller, orchestrator
-from ahv.jobs import STATUSES
 
 routes = web.RouteTableDef()
+
+# What a stream asked for once the server has begun to shut down gets (`draining`, with
+# Retry-After); /openapi.json documents it on both routes from here.
+DRAINING_STATUS = 503
 
 
 def setup(app: web.Application) -> None:
@@ -67,23 +87,30 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     hub = app.watch.hub
     _refuse_when_closed(hub.closed)
     who = caller(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise AhvError(
-            "invalid_request", f"status: must be one of {', '.join(STATUSES)}", status=422
-        )
+    status, task = job_filters(request)
+    last_event_id = request.headers.get("Last-Event-ID")
     sub = hub.subscribe(
         owner=None if who.is_admin else who.name,
-        task=request.query.get("task") or None,
+        task=task,
         status=status,
         key_name=who.name,
     )
+    # Right after subscribing, with no await between: every change is either in what is
+    # caught up on here or queued for the stream.
+    since = None if last_event_id is None else _event_id(last_event_id)
+    missed = None if since is None else hub.changes_since(since)
     try:
         response = await _open(request)
         if request.method == "HEAD":
             return response  # headers only, and no stream held open
         try:
-            await response.write(HELLO)
+            if last_event_id is None:
+                await response.write(HELLO)
+            else:
+                # Not resumed: nothing is replayed, the client re-lists instead.
+                await response.write(hello(resumed=missed is not None))
+                if missed:
+                    await _catch_up(request, response, sub, missed)
             await _pump(request, response, sub, until_final=False)
             await response.write_eof()
         except ConnectionResetError:
@@ -93,9 +120,42 @@ async def all_events(request: web.Request) -> web.StreamResponse:
         hub.unsubscribe(sub)
 
 
+def _event_id(value: str) -> int | None:
+    """A Last-Event-ID this server could have given (a decimal event id), else None."""
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
+
+
+async def _catch_up(
+    request: web.Request, response: web.StreamResponse, sub: Subscription, missed: list[Change]
+) -> None:
+    """The current document of each job of `missed` this stream may see (or its deletion),
+    under the id of its latest change, oldest first."""
+    app = orchestrator(request)
+    jobs = await app.store.get_many([c.job_id for c in missed if not c.deleted])
+    chunk: list[bytes] = []
+    for change in missed:
+        if change.deleted:
+            if not sub.may_see(change.owner, change.task, None):
+                continue
+            chunk.append(deleted_event(change.id, change.job_id).encode())
+        else:
+            job = jobs.get(change.job_id)
+            if job is None or not sub.matches(job):
+                continue  # gone since (its deletion is queued), or not for this stream now
+            chunk.append(job_event(change.id, job, app.document(job)).encode())
+        if len(chunk) >= 100:
+            await response.write(b"".join(chunk))
+            chunk = []
+    if chunk:
+        await response.write(b"".join(chunk))
+
+
 def _refuse_when_closed(closed: bool) -> None:
     if closed:
-        raise AhvError("draining", "the server is shutting down", status=503, retry_after_s=5)
+        raise AhvError(
+            "draining", "the server is shutting down", status=DRAINING_STATUS, retry_after_s=5
+        )
 
 
 async def _open(request: web.Request) -> web.StreamResponse:

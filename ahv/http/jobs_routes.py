@@ -52,14 +52,28 @@ async def submit_job(request: web.Request) -> web.Response:
     return response
 
 
-@routes.get("/v1/jobs")
-async def list_jobs(request: web.Request) -> web.Response:
-    query = request.query
-    status = query.get("status") or None
+def job_filters(request: web.Request) -> tuple[str | None, str | None]:
+    """The `status` and `task` filters of GET /v1/jobs and GET /v1/events: a value no job
+    can have is a 422 naming the field and what it can be, not an empty answer for ever."""
+    status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
         raise AhvError(
             "invalid_request", f"status: must be one of {', '.join(STATUSES)}", status=422
         )
+    task = request.query.get("task") or None
+    registry = orchestrator(request).registry
+    if task is not None and task not in registry:
+        known = ", ".join(sorted(registry))
+        raise AhvError(
+            "invalid_request", f"task: unknown task {task!r}, must be one of {known}", status=422
+        )
+    return status, task
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    query = request.query
+    status, task = job_filters(request)
     limit = _int_param(query.get("limit", "50"), "limit", 1, MAX_LIST_LIMIT)
     cursor = query.get("cursor") or None
     before = None if cursor is None else _int_param(cursor, "cursor", 1, 2**62)
@@ -68,7 +82,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     jobs = await app.store.list_jobs(
         owner=None if who.is_admin else who.name,
         status=status,
-        task=query.get("task") or None,
+        task=task,
         limit=limit,
         before_seq=before,
     )

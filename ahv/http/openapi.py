@@ -19,8 +19,8 @@ from aiohttp import web
 import ahv
 from ahv.api_types import ErrorBody, JobDocument, WebhookEnvelope
 from ahv.config import Config
-from ahv.http.keys import orchestrator
-from ahv.http.middleware import SELF_AUTHENTICATED, is_public
+from ahv.http.keys import base_url
+from ahv.http.middleware import BODY_STATUSES, SELF_AUTHENTICATED, is_public
 from ahv.http.openapi_routes import ERROR_CODES, ROUTES, Media, Route
 from ahv.http.openapi_tasks import task_routes
 from ahv.tasks import TaskSpec
@@ -60,12 +60,7 @@ DOCUMENT = web.AppKey("openapi", OpenApi)
 
 @routes.get("/openapi.json")
 async def openapi_json(request: web.Request) -> web.Response:
-    app = orchestrator(request)
-    host = request.headers.get("Host")
-    # No Host header: the address the request came in on (request.host would do a DNS call).
-    server = app.config.server.public_url.rstrip("/") or (
-        f"{request.scheme}://{host}" if host else app.public_url
-    )
+    server = base_url(request)
     document = request.app[DOCUMENT].document
     body = {"openapi": document["openapi"], "info": document["info"], "servers": [{"url": server}]}
     return web.Response(
@@ -190,7 +185,7 @@ def _error_statuses(route: Route) -> set[int]:
     if not is_public(route.path):
         statuses.add(401)
     if route.body is not None:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 422, *BODY_STATUSES}
     if "{" in route.path:
         statuses.add(404)
     if any(param.where == "query" for param in route.params):

@@ -9,7 +9,8 @@ until every route of the app is described here), e.g.:
 
 `responses` maps each success status to a Struct of ahv/api_types.py (JSON) or a `Media`;
 error statuses are added from what the route takes: 401 unless the path is public (see
-ahv/http/middleware.py), 400/413/422 with a request body, 404 with a path parameter, plus
+ahv/http/middleware.py), 400/422 and the middleware's BODY_STATUSES (408, 413) with a request
+body, 404 with a path parameter, plus
 those listed in `errors`, each with the one error body. Task routes (`POST /v1/jobs`, the
 blocking endpoints) are generated from the task registry in ahv/http/openapi_tasks.py.
 """
@@ -30,6 +31,7 @@ from ahv.api_types import (
     Redelivered,
     Stats,
 )
+from ahv.http.events_routes import DRAINING_STATUS
 from ahv.http.jobs_routes import MAX_LIST_LIMIT
 from ahv.http.ops_routes import CONTENT_TYPES, FILE_NAME
 from ahv.http.pages import STATIC_FILES
@@ -78,6 +80,7 @@ ERROR_CODES = {
     401: "unauthorized: missing or unknown X-API-Key",
     403: "forbidden: a client key on an admin route",
     404: "job_not_found (also another key's job), file_not_found, not_found",
+    408: "request_timeout: the body did not arrive within server.read_timeout_s",
     409: "idempotency_conflict, job_finished, not_finished, no_webhook",
     410: "file_expired: the result file was removed by retention",
     413: "body_too_large",
@@ -94,7 +97,7 @@ _LIST_PARAMS = (
     Param(
         "status", "query", {"type": "string", "enum": list(STATUSES)}, "only jobs in this status"
     ),
-    Param("task", "query", {"type": "string"}, "only jobs of this task"),
+    Param("task", "query", {"type": "string"}, "only jobs of this task (not a task here: 422)"),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}),
     # What GET /v1/jobs accepts is 1 to 2**62; next_cursor values are far below 10**18.
     Param(
@@ -132,13 +135,24 @@ ROUTES: tuple[Route, ...] = (
         "A job's live events (server-sent events): `event: job` with its document at every "
         "change; ends after the final status",
         {200: _EVENT_STREAM},
+        errors=(DRAINING_STATUS,),
     ),
     Route(
         "GET",
         "/v1/events",
-        "Live events of every job the key may see (server-sent events); never ends by itself",
+        "Live events of every job the key may see (server-sent events); never ends by itself. "
+        "With Last-Event-ID, hello says whether it resumed from there",
         {200: _EVENT_STREAM},
-        params=_LIST_PARAMS[:2],
+        params=(
+            *_LIST_PARAMS[:2],
+            Param(
+                "Last-Event-ID",
+                "header",
+                {"type": "string"},
+                "the id of the last event received: the jobs changed since come first",
+            ),
+        ),
+        errors=(DRAINING_STATUS,),
     ),
     Route(
         "GET",

@@ -20,7 +20,7 @@ import ahv
 from ahv.config import Config
 from ahv.errors import AhvError
 from ahv.http.docs_render import fill_base, render_docs
-from ahv.http.keys import orchestrator
+from ahv.http.keys import base_url
 from ahv.tasks import TaskSpec
 
 STATIC_FILES = {
@@ -90,15 +90,8 @@ def setup(app: web.Application, registry: Mapping[str, TaskSpec], config: Config
     app.router.add_get("/static/{name}", static_file)
 
 
-def api_base(request: web.Request) -> str:
-    """`server.public_url`, else the scheme and Host this request came with (as aiohttp
-    sees them: behind a proxy, set public_url)."""
-    configured = orchestrator(request).config.server.public_url.rstrip("/")
-    return configured or f"{request.scheme}://{request.host}"
-
-
 async def docs_page(request: web.Request) -> web.Response:
-    page = fill_base(request.app[PAGES].docs, api_base(request))
+    page = fill_base(request.app[PAGES].docs, base_url(request))
     return web.Response(
         body=page.encode(),
         content_type="text/html",
