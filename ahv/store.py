@@ -408,6 +408,14 @@ class Store:
         )
         return {task: count for task, count in rows}
 
+    async def queued_or_pending_by_task(self) -> dict[str, int]:
+        """Queued jobs per task, with the submissions waiting for (or inside) the next group
+        commit: what a reload must count before it stops serving a task."""
+        counts = Counter(await self.queued_by_task())
+        waiting = [job for job, _ in self._pending_enqueues]
+        counts.update(job.task for job in (*waiting, *self._committing))
+        return dict(counts)
+
     async def counts_by_status(self, owner: str | None) -> dict[str, int]:
         where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         rows = await self._call(

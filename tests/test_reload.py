@@ -321,3 +321,43 @@ async def test_sighup_ends_the_event_streams_of_removed_and_changed_keys(
                     break
         async with session.get(urls["a"], headers={"X-API-Key": KEY_A}) as again:
             assert again.status == 401
+
+
+async def test_sighup_that_would_strand_queued_jobs_is_rejected(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # Taking `sleep` off the only backend while a `sleep` job waits: no worker would ever claim
+    # it (queued for ever, no log line). The reload is refused, naming the task and the count,
+    # and the old config goes on: the waiting job runs, new ones are taken.
+    one_slot = {"backends": [{"name": "cpu", "slots": 1, "tasks": ["sleep", "upscale"]}]}
+    server = _server(ahv_process, tmp_path, **one_slot)
+    await server.start()
+    without_sleep = merge(
+        server.config, {"backends": [{"name": "cpu", "slots": 1, "tasks": ["upscale"]}]}
+    )
+    async with aiohttp.ClientSession() as session:
+        status, body = await server.post(session, KEY_A, SLEEP)
+        assert status == 202
+        running = body["job_id"]
+        await server.wait(session, running, {"running"})
+        queued = []
+        for _ in range(2):
+            status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+            assert status == 202
+            queued.append(body["job_id"])
+        line = await server.reload(without_sleep, "config reload rejected")
+        assert "'sleep'" in line and "2 queued jobs" in line and "ERROR" in line
+        assert "cancel" in line and "config reloaded" not in line
+        # The running config stays: `sleep` is still taken and every job runs.
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 202
+        docs = [
+            await server.wait(session, job_id, {"succeeded", "failed"})
+            for job_id in [running, *queued, body["job_id"]]
+        ]
+        assert [d["status"] for d in docs] == ["succeeded"] * 4
+        # With nothing of `sleep` waiting the same file applies, and `sleep` is refused.
+        line = await server.reload(without_sleep, "config reloaded")
+        assert "backends" in line
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 422 and body["error"]["code"] == "task_unavailable"
