@@ -148,6 +148,17 @@ class Reloader:
                     extra={"event": "config_reload_rejected", "reason": str(exc)},
                 )
                 return False
+            except Exception as exc:
+                # A bug, not a bad file; still the running config stays, and the reason is
+                # logged here rather than as a background task's unretrieved exception.
+                log.error(
+                    "config reload rejected: %s: %s; the running config stays",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=True,
+                    extra={"event": "config_reload_rejected", "reason": repr(exc)},
+                )
+                return False
             for key in restart:
                 log.warning(
                     "config reload: needs restart: %s (the running value stays)",

@@ -14,11 +14,13 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from tests.conftest import KEY_A, KEY_ADMIN, StartServer, base_config, merge
 from tests.fake_providers import FakeGoogle
 from tests.process import AhvProcess
 from tests.sse import SseReader
+from tests.test_config import broken_plugins
 from tests.test_crash import ahv_process
 from tests.test_providers_google import GOOGLE_KEY
 
@@ -361,3 +363,30 @@ async def test_sighup_that_would_strand_queued_jobs_is_rejected(
         assert "backends" in line
         status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
         assert status == 422 and body["error"]["code"] == "task_unavailable"
+
+
+async def test_sighup_with_a_plugin_that_raises_is_rejected(
+    ahv_process: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin whose import raises something else than ImportError: the reload is rejected
+    # with the plugin and the error named, like a bad file, not a background task's
+    # "exception was never retrieved" with a traceback; the running config stays.
+    monkeypatch.setenv("PYTHONPATH", broken_plugins(tmp_path)["PYTHONPATH"])
+    server = _server(ahv_process, tmp_path)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        for plugin, words in (
+            ("boom_plugin", "RuntimeError: plugin boom"),
+            ("syntax_plugin", "SyntaxError"),
+        ):
+            plugins = ["tests.plugin_tasks", plugin]
+            new = merge(server.config, {"server": {"plugins": plugins}})
+            line = await server.reload(new, "config reload rejected")
+            assert f"server.plugins[1]: importing '{plugin}' failed" in line and words in line
+            assert "ERROR" in line
+        log = server.log_text()
+        assert "Traceback" not in log and "never retrieved" not in log
+        assert "config reloaded" not in log
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 202
+        assert (await server.wait(session, body["job_id"], {"succeeded"}))["attempts"] == 1
