@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ahv.config import Config, ConfigError, load_config, parse_config
+from ahv.config import MAX_DURATION_S, Config, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = '[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "0123456789abcdef"\n'
@@ -190,3 +190,27 @@ def test_a_plugin_that_fails_to_import_is_a_config_error(
             (message,) = [line for line in lines if "config error" in line]
         for word in expected:
             assert word in message, (command, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[retention]\nfiles_s = 1e12\njobs_s = 1e12\n", "retention.files_s"),
+        ("[retention]\njobs_s = inf\n", "retention.jobs_s"),
+        ("[retention.tasks.sleep]\nfiles_s = 1e11\n", "retention.tasks"),
+        ("[queue]\nretry_max_s = 1e300\n", "queue.retry_max_s"),
+        ("[queue]\nage_step_s = 1e17\n", "queue.age_step_s"),
+        ("[queue]\ntimeouts_s = { upscale = inf }\n", "queue.timeouts_s"),
+        ("[webhooks]\nretry_after_max_s = 1e10\n", "webhooks.retry_after_max_s"),
+        ("[server]\nshutdown_grace_s = inf\n", "server.shutdown_grace_s"),
+    ],
+)
+def test_durations_have_an_upper_bound(text: str, key: str) -> None:
+    # A duration is added to the current time: 1e12 s of retention made every finished job's
+    # document a 500 (a datetime past the year 9999). Refused at load, naming the key.
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert key in str(caught.value) and str(int(MAX_DURATION_S)) in str(caught.value)
+    # 100 years is accepted, and "for ever" stays 0.
+    config = parse_config(f"[retention]\nfiles_s = {MAX_DURATION_S}\njobs_s = 0\n")
+    assert config.retention.files_s == MAX_DURATION_S
