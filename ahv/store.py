@@ -216,7 +216,8 @@ class Store:
         except OSError:
             lock.close()
             raise StartupError(
-                f"another ahv process is using {self._path}; one data_dir per server"
+                f"another ahv process is using {self._path} (a server, or `ahv backup` "
+                "copying it, for a few seconds); one data_dir per server"
             ) from None
         self._lock_file = lock
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
