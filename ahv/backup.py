@@ -3,19 +3,28 @@
 SQLite's online backup reads the live file through a read-only connection inside one read
 transaction (in WAL mode readers and the writer do not block each other), so the copy holds
 exactly the jobs committed when it began, whatever is being submitted meanwhile. It is
-written to PATH.part and renamed into place, so PATH is never a half-written file. The
-server's lock on its data dir is not taken: a backup runs beside the server. Result files are
-not part of it (copy the `files/` directory with rsync or the like; see docs/deploy.md).
+written to PATH.part and renamed into place, so PATH is never a half-written file. A backup
+runs beside a server: it does not wait for the server's lock on its data dir. When no server
+holds that lock, the backup holds it (shared) while it copies, so that no server starts
+meanwhile, and afterwards removes the `-wal` and `-shm` files its read-only open of the WAL
+database made: a stopped server's data dir is left as it was (not with files owned by
+whoever ran the backup, root perhaps). Result files are not part of it (copy the `files/`
+directory with rsync or the like; see docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 DB_NAME = "ahv.sqlite3"
+# The server's lock beside the database (ahv/store.py takes it, exclusive, at start).
+LOCK_NAME = DB_NAME + ".lock"
 
 
 class BackupError(Exception):
@@ -53,20 +62,56 @@ def backup_database(
         raise BackupError(f"directory {target.parent} does not exist")
     partial = target.with_name(target.name + ".part")
     partial.unlink(missing_ok=True)
-    try:
-        jobs = _copy(source_path, partial)
-        partial.replace(target)
-    except sqlite3.Error as exc:
-        raise BackupError(f"backup of {source_path} failed: {exc}") from exc
-    except OSError as exc:
-        raise BackupError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
+    beside = [source_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm")]
+    with _lock_if_no_server(source_path.with_name(LOCK_NAME)) as no_server:
+        there = {path for path in beside if path.exists()}
+        try:
+            jobs = _copy(source_path, partial)
+            partial.replace(target)
+        except sqlite3.Error as exc:
+            raise BackupError(f"backup of {source_path} failed: {exc}") from exc
+        except OSError as exc:
+            raise BackupError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+            if no_server:
+                # Made by this read-only open (so the -wal is empty), and no server can have
+                # opened them since: the lock is held. A -wal left by a crash stays: the
+                # server's next start takes its jobs from it.
+                for path in beside:
+                    if path not in there:
+                        path.unlink(missing_ok=True)
     return BackupResult(target, jobs, target.stat().st_size)
 
 
+@contextlib.contextmanager
+def _lock_if_no_server(lock_path: Path) -> Iterator[bool]:
+    """True while this holds the server's lock, shared: no server has the database open, nor
+    can one start until the copy is done. False when a server holds it (the copy is made
+    beside it) or when there is no lock file: none is created, a root-owned one would keep
+    the server from starting."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        fd = -1
+    if fd < 0:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held = True
+        except OSError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def _copy(source_path: Path, partial: Path) -> int:
-    # mode=ro: never creates or changes the live database (no schema work, no checkpoint).
+    # mode=ro: never changes the live database (no schema work, no checkpoint). It does make
+    # the -wal and -shm of a WAL database when they are missing (a stopped server's data dir):
+    # backup_database removes those.
     source = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         source.execute("PRAGMA busy_timeout=10000")

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    # Until the file is read only `--log-format` is known; `ahv serve` then follows the
+    # config's log format for its own lines too.
+    log_format: str = getattr(args, "log_format", None) or "text"
     try:
         config = load_config(args.config)
         if args.command == "check-config":
@@ -70,23 +73,32 @@ def main(argv: list[str] | None = None) -> int:
         }
         config = with_overrides(config, overrides)
     except ConfigError as exc:
-        print(f"ahv: config error: {exc}", file=sys.stderr)
+        _refused(log_format, f"ahv: config error: {exc}", "config_error")
         return 2
     from ahv.logging_setup import setup_logging
 
-    logs = setup_logging(config.server.log_format, config.server.log_level)
+    log_format = config.server.log_format
+    logs = setup_logging(log_format, config.server.log_level)
     _install_uvloop()
+    refusal: tuple[str, str] | None = None
     try:
         asyncio.run(_serve(config, args.config, overrides))
     except ConfigError as exc:
-        print(f"ahv: config error: {exc}", file=sys.stderr)
-        return 2
+        refusal = (f"ahv: config error: {exc}", "config_error")
     except StartupError as exc:
-        print(f"ahv: cannot start: {exc}", file=sys.stderr)
-        return 2
+        refusal = (f"ahv: cannot start: {exc}", "startup_error")
     finally:
-        logs.close()  # writes out the queued log lines
+        logs.close()  # writes out the queued log lines, before the reason below
+    if refusal is not None:
+        _refused(log_format, *refusal)
+        return 2
     return 0
+
+
+def _refused(log_format: str, message: str, event: str) -> None:
+    from ahv.logging_setup import console_line
+
+    print(console_line(log_format, logging.ERROR, message, event=event), file=sys.stderr)
 
 
 def _backup(config: Config, path: str, force: bool) -> int:
@@ -150,6 +162,7 @@ def _install_uvloop() -> None:
 async def _serve(config: Config, config_path: str, overrides: dict[str, object]) -> None:
     from ahv.http.app import create_app
     from ahv.http.keys import ORCHESTRATOR
+    from ahv.logging_setup import console_line
     from ahv.reload import Reloader
     from ahv.sdnotify import notify
 
@@ -168,8 +181,20 @@ async def _serve(config: Config, config_path: str, overrides: dict[str, object])
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else config.server.port
-    # Tests and scripts read this line to find a port chosen with --port 0.
-    print(f"ahv listening on http://{config.server.host}:{port}", flush=True)
+    # Tests and scripts read this line to find a port chosen with --port 0: they search it for
+    # `ahv listening on http://HOST:PORT`, which is the whole line in text mode and its `msg`
+    # in json mode (with `url` beside it).
+    url = f"http://{config.server.host}:{port}"
+    print(
+        console_line(
+            config.server.log_format,
+            logging.INFO,
+            f"ahv listening on {url}",
+            event="listening",
+            url=url,
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,7 +20,13 @@ from ahv.providers.config import ProvidersConfig, check_providers
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+# Durations in seconds have an upper bound: they are added to the current time (a job's
+# `expires_at`, a retry's or a webhook's next attempt, a queue rank, a timer), and a time past
+# the year 9999 cannot be written (a job document would be a 500); `inf` and `1e999` are valid
+# TOML floats too. 100 years is as good as for ever.
+MAX_DURATION_S = 100 * 365 * 86400.0
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_DURATION_S)]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION_S)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
 
 
@@ -38,7 +44,7 @@ class ServerConfig(_Section, frozen=True):
     public_url: str = ""
     data_dir: str = "./data"
     max_body_bytes: PositiveInt = 1_048_576
-    shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    shutdown_grace_s: NonNegativeSeconds = 30.0
     plugins: list[str] = []
     # Seconds between keepalive comments on an idle event stream (GET /v1/events, ...). At
     # most 50: the dashboard takes a stream silent for 60 s as broken and reconnects.
@@ -51,7 +57,7 @@ class ServerConfig(_Section, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Slow clients: the most a client may take to send a request's headers (from connecting,
     # or from the end of its previous response) and, separately, its body.
-    read_timeout_s: PositiveFloat = 30.0
+    read_timeout_s: Seconds = 30.0
 
 
 class KeyConfig(_Section, frozen=True):
@@ -66,35 +72,35 @@ class KeyConfig(_Section, frozen=True):
 
 class QueueConfig(_Section, frozen=True):
     max_depth: PositiveInt = 10_000
-    age_step_s: PositiveFloat = 30.0
+    age_step_s: Seconds = 30.0
     default_priority: Priority = 5
     direct_priority: Priority = 9
     max_attempts: PositiveInt = 3
-    retry_base_s: PositiveFloat = 2.0
-    retry_max_s: PositiveFloat = 300.0
-    task_timeout_s: PositiveFloat = 600.0
-    timeouts_s: dict[str, PositiveFloat] = {}
-    poll_interval_s: PositiveFloat = 1.0
+    retry_base_s: Seconds = 2.0
+    retry_max_s: Seconds = 300.0
+    task_timeout_s: Seconds = 600.0
+    timeouts_s: dict[str, Seconds] = {}
+    poll_interval_s: Seconds = 1.0
     keep_durations: PositiveInt = 50
     fsync: bool = False
-    cancel_wait_s: PositiveFloat = 10.0
+    cancel_wait_s: Seconds = 10.0
 
 
 class WebhookConfig(_Section, frozen=True):
-    timeout_s: PositiveFloat = 15.0
+    timeout_s: Seconds = 15.0
     max_attempts: PositiveInt = 10
-    retry_base_s: PositiveFloat = 5.0
-    retry_max_s: PositiveFloat = 3600.0
-    retry_after_max_s: PositiveFloat = 3600.0
+    retry_base_s: Seconds = 5.0
+    retry_max_s: Seconds = 3600.0
+    retry_after_max_s: Seconds = 3600.0
     concurrency: PositiveInt = 64
-    progress_interval_s: PositiveFloat = 1.0
-    flush_on_shutdown_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    progress_interval_s: Seconds = 1.0
+    flush_on_shutdown_s: NonNegativeSeconds = 5.0
 
 
 class FetchConfig(_Section, frozen=True):
-    connect_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 30.0
-    total_timeout_s: PositiveFloat = 120.0
+    connect_timeout_s: Seconds = 10.0
+    read_timeout_s: Seconds = 30.0
+    total_timeout_s: Seconds = 120.0
     max_bytes: PositiveInt = 50 * 1024 * 1024
     max_redirects: Annotated[int, msgspec.Meta(ge=0)] = 5
     allowed_networks: list[str] = []
@@ -110,16 +116,16 @@ class LimitsConfig(_Section, frozen=True):
 
 class RetentionTaskConfig(_Section, frozen=True):
     # Per-task overrides of [retention]; a key left out keeps the section's value.
-    files_s: NonNegativeFloat | None = None
-    jobs_s: NonNegativeFloat | None = None
+    files_s: NonNegativeSeconds | None = None
+    jobs_s: NonNegativeSeconds | None = None
 
 
 class RetentionConfig(_Section, frozen=True):
     # Result files and finished job records are removed this long after the job ended
     # (0 = kept for ever); a record outlives its files (jobs_s >= files_s).
-    files_s: NonNegativeFloat = 7 * 86400.0
-    jobs_s: NonNegativeFloat = 30 * 86400.0
-    sweep_interval_s: PositiveFloat = 60.0
+    files_s: NonNegativeSeconds = 7 * 86400.0
+    jobs_s: NonNegativeSeconds = 30 * 86400.0
+    sweep_interval_s: Seconds = 60.0
     tasks: dict[str, RetentionTaskConfig] = {}
 
 

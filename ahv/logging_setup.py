@@ -161,6 +161,18 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
 
 
+def console_line(log_format: str, level: int, msg: str, **fields: Any) -> str:
+    """A line ahv prints itself rather than logs (`ahv listening on http://HOST:PORT` on
+    stdout, a refused start on stderr): `msg` as it is in text mode; in json mode one JSON log
+    line with `msg` in it, as under systemd stdout and stderr go to the same journal and
+    every line there must parse."""
+    if log_format != "json":
+        return msg
+    record = logging.LogRecord("ahv", level, "", 0, msg, None, None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
 def setup_logging(
     log_format: str = "text", level: str = "info", *, stream: TextIO | None = None
 ) -> LogSetup:

@@ -284,6 +284,10 @@ class Orchestrator:
                 return self._replay(existing, request_hash, idempotency_key)
         self.disk.check(self.config.limits.min_free_disk_mb)
         self._check_capacity(caller)
+        # Again after the awaits above: a reload (SIGHUP) may have stopped serving the task
+        # meanwhile. From here to the enqueue nothing awaits, so the reload's count of queued
+        # and pending jobs (ahv/reload.py) sees this one.
+        self._check_served(spec.name)
         now = now_us()
         job = JobRow(
             id=new_id(),
@@ -347,11 +351,14 @@ class Orchestrator:
         unconfigured = spec.unconfigured(self.config) if spec.unconfigured is not None else None
         if unconfigured is not None:
             raise AhvError("model_unavailable", f"task: {unconfigured}", status=422)
+        self._check_served(task)
+        return spec
+
+    def _check_served(self, task: str) -> None:
         if self.scheduler.slots_for(task) == 0:
             raise AhvError(
                 "task_unavailable", f"task: no backend in ahv.toml serves {task!r}", status=422
             )
-        return spec
 
     def _decode_payload(self, spec: TaskSpec, raw: msgspec.Raw) -> Any:
         try:

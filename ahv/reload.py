@@ -7,7 +7,8 @@ webhook settings, retention, task settings (for jobs that start from then on) an
 backend's slots and tasks. What needs a restart keeps its running value and is logged as
 `needs restart: <key>`: [providers], server host, port, data_dir, max_body_bytes, plugins and log
 settings, queue.fsync, queue.keep_durations, fetch.allowed_networks, the [models] section,
-and adding or removing backends or changing their device or require_gpu.
+and adding or removing backends or changing their device or require_gpu. A file under which no
+backend would serve a task that has queued jobs is rejected too: they would never run.
 """
 
 from __future__ import annotations
@@ -139,11 +140,23 @@ class Reloader:
                 new = await asyncio.to_thread(self._load)
                 live, restart = live_config(old, new)
                 await asyncio.to_thread(load_registry, live)  # against the running plugins
+                await self._check_queued(live)
             except ConfigError as exc:
                 log.error(
                     "config reload rejected: %s; the running config stays",
                     exc,
                     extra={"event": "config_reload_rejected", "reason": str(exc)},
+                )
+                return False
+            except Exception as exc:
+                # A bug, not a bad file; still the running config stays, and the reason is
+                # logged here rather than as a background task's unretrieved exception.
+                log.error(
+                    "config reload rejected: %s: %s; the running config stays",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=True,
+                    extra={"event": "config_reload_rejected", "reason": repr(exc)},
                 )
                 return False
             for key in restart:
@@ -161,6 +174,30 @@ class Reloader:
                 extra={"event": "config_reloaded", "changed": changed},
             )
             return True
+
+    async def _check_queued(self, live: Config) -> None:
+        """Refuse a config under which no backend serves a task that has queued jobs: they
+        would stay queued for ever (no worker claims a task its backend does not list)."""
+        scheduler = self._orchestrator.scheduler
+        served_now, served_after = scheduler.served_tasks(), scheduler.served_tasks(live)
+        # Nothing awaits from this count to apply_config, and a submit checks again that its
+        # task is served after its own awaits (Orchestrator.submit): no job slips in between.
+        queued = await self._orchestrator.store.queued_or_pending_by_task()
+        # Jobs of a task that was not served before this reload either are not its doing.
+        stranded = {
+            task: count
+            for task, count in sorted(queued.items())
+            if count and task in served_now and task not in served_after
+        }
+        if stranded:
+            raise ConfigError(
+                "; ".join(
+                    f"backends: no backend would serve {task!r} any more, which has {count} "
+                    f"queued job{'s' if count != 1 else ''} that would never run; cancel "
+                    f"them (POST /v1/jobs/ID/cancel) or keep {task!r} in a backend's tasks"
+                    for task, count in stranded.items()
+                )
+            )
 
     def _load(self) -> Config:
         new = with_overrides(load_config(self._path), self._overrides)

@@ -222,7 +222,8 @@ class Store:
         except OSError:
             lock.close()
             raise StartupError(
-                f"another ahv process is using {self._path}; one data_dir per server"
+                f"another ahv process is using {self._path} (a server, or `ahv backup` "
+                "copying it, for a few seconds); one data_dir per server"
             ) from None
         self._lock_file = lock
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -429,6 +430,14 @@ class Store:
             ).fetchall()
         )
         return {task: count for task, count in rows}
+
+    async def queued_or_pending_by_task(self) -> dict[str, int]:
+        """Queued jobs per task, with the submissions waiting for (or inside) the next group
+        commit: what a reload must count before it stops serving a task."""
+        counts = Counter(await self.queued_by_task())
+        waiting = [job for job, _ in self._pending_enqueues]
+        counts.update(job.task for job in (*waiting, *self._committing))
+        return dict(counts)
 
     async def counts_by_status(self, owner: str | None) -> dict[str, int]:
         where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())

@@ -70,6 +70,22 @@ def event_body(event: str, event_id: str, job: JobRow, expires_us: int | None = 
     )
 
 
+class _BodyTask(msgspec.Struct):
+    task: str = ""
+
+
+_BODY_TASK = msgspec.json.Decoder(_BodyTask)
+
+
+def _task_of(body: bytes) -> str:
+    """The job's task, for the delivery's log line (`task` is on every job line): the body
+    is the job's document, so it is at hand without a read of the job."""
+    try:
+        return _BODY_TASK.decode(body).task
+    except msgspec.DecodeError:
+        return ""
+
+
 def _retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
@@ -235,6 +251,7 @@ class WebhookSender:
             retryable = False
         fields = {
             "job_id": event.job_id,
+            "task": _task_of(event.body),
             "event_id": event.event_id,
             "webhook_event": event.event,
             "host": event.host,  # not the URL: its query may hold the receiver's token

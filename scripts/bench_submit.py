@@ -78,7 +78,8 @@ WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 GOAL = 0.7
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-LISTENING = re.compile(r"listening on (http://\S+)")
+# `[^\s"]`: with --log-format json the line is JSON and the URL ends at its closing quote.
+LISTENING = re.compile(r"listening on (http://[^\s\"]+)")
 LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 
 

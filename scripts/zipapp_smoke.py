@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -178,9 +179,12 @@ def read_listening_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
     def read() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("ahv listening on "):
-                found.append(line.rsplit(":", 1)[1])
+            # The whole line in text mode; the `msg` of a JSON line in json mode.
+            match = re.search(
+                r"ahv listening on http://[^\s\"]*:(\d+)", raw.decode(errors="replace")
+            )
+            if match:
+                found.append(match.group(1))
                 return
 
     reader = threading.Thread(target=read, daemon=True)

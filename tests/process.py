@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 import msgspec
 
 ROOT = Path(__file__).resolve().parent.parent
+# The whole line in text mode; the `msg` of a JSON line with `--log-format json`.
+LISTENING = re.compile(r"ahv listening on http://[^\s\"]*:(\d+)")
 
 
 class AhvProcess:
@@ -23,6 +26,13 @@ class AhvProcess:
         self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.stdout_lines: list[str] = []  # what start() read of stdout
+
+    def rest_of_stdout(self) -> list[str]:
+        """Every stdout line, once the process has exited: those start() read, then the rest."""
+        assert self.proc is not None and self.proc.stdout is not None
+        rest = self.proc.stdout.read().decode().splitlines()
+        return [*self.stdout_lines, *rest]
 
     def start(self, timeout_s: float = 20, extra_args: Sequence[str] = ()) -> str:
         log = self.log_path.open("ab")
@@ -41,9 +51,11 @@ class AhvProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline().decode()
-            if line.startswith("ahv listening on "):
-                port = line.rsplit(":", 1)[1].strip()
-                self.url = f"http://127.0.0.1:{port}"
+            if line:
+                self.stdout_lines.append(line.rstrip("\n"))
+            found = LISTENING.search(line)
+            if found:
+                self.url = f"http://127.0.0.1:{found.group(1)}"
                 return self.url
             if not line and self.proc.poll() is not None:
                 break

@@ -113,3 +113,47 @@ async def test_backup_errors_exit_2_with_the_reason(tmp_path: Path) -> None:
     assert code == 2 and "live database" in err
     assert (live.stat().st_ino, live.read_bytes()) == before
     assert not (tmp_path / "copy.sqlite3").exists()
+
+
+def _data_dir(data: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (owner, inode) of what is in a data dir (result files aside)."""
+    return {p.name: (p.stat().st_uid, p.stat().st_ino) for p in data.iterdir() if p.is_file()}
+
+
+async def test_backup_of_a_stopped_server_leaves_its_data_dir_as_it_was(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # A read-only open of a WAL database makes its -wal and -shm when they are missing: the
+    # backup of a stopped server left them behind (owned by root when root ran it). Now the
+    # data dir is as it was, after a clean stop and after a kill -9 (whose -wal holds
+    # acknowledged jobs: they are in the copy, and the -wal stays for the next start).
+    server = ahv_process(backends=[{"name": "cpu", "slots": 1, "tasks": ["sleep"]}])
+    data = tmp_path / "data"
+    for stop in ("terminate", "kill9"):
+        url = await asyncio.to_thread(server.start)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.post(
+                    f"{url}/v1/jobs",
+                    json={"task": "sleep", "payload": {"seconds": 0}},
+                    headers={"X-API-Key": KEY_A},
+                ) as response:
+                    assert response.status == 202
+        if stop == "terminate":
+            server.terminate()
+            assert await asyncio.to_thread(server.wait_exit, 20) == 0
+            assert not {"ahv.sqlite3-wal", "ahv.sqlite3-shm"} & set(_data_dir(data))
+        else:
+            await asyncio.to_thread(server.kill9)
+            assert "ahv.sqlite3-wal" in _data_dir(data)
+        before = _data_dir(data)
+        copy = tmp_path / f"after-{stop}.sqlite3"
+        code, out, err = await _backup(server.config_path, str(copy))
+        assert code == 0, err
+        assert _data_dir(data) == before, stop
+        expected = 5 if stop == "terminate" else 10
+        assert f"{expected} jobs" in out
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == expected
+        conn.close()
+        server.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ahv.config import Config, ConfigError, load_config, parse_config
+from ahv.config import MAX_DURATION_S, Config, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_KEY = '[[keys]]\nname = "a"\nkey = "k"\nwebhook_secret = "0123456789abcdef"\n'
@@ -137,3 +139,78 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "backends[0].tasks" in failed.stderr and "teleport" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def broken_plugins(where: Path) -> dict[str, str]:
+    """Two plugin modules in `where` whose import fails otherwise than with ImportError; the
+    environment that makes them importable."""
+    (where / "boom_plugin.py").write_text('raise RuntimeError("plugin boom")\n')
+    (where / "syntax_plugin.py").write_text("TASKS = [\n")
+    path = os.pathsep.join(p for p in (str(where), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize(
+    ("plugin", "words"),
+    [
+        ("boom_plugin", ["RuntimeError", "plugin boom"]),
+        ("syntax_plugin", ["SyntaxError", "syntax_plugin.py", "line 1"]),
+    ],
+)
+def test_a_plugin_that_fails_to_import_is_a_config_error(
+    tmp_path: Path, plugin: str, words: list[str]
+) -> None:
+    # Whatever a plugin's import raises: check-config and serve name the plugin and the
+    # error, exit 2, no traceback; in json mode the refusal is a JSON line too.
+    env = broken_plugins(tmp_path)
+    config = tmp_path / "ahv.toml"
+    config.write_text(
+        f'[server]\nport = 0\ndata_dir = "{tmp_path / "data"}"\n'
+        f'plugins = ["tests.plugin_tasks", "{plugin}"]\n'
+    )
+    expected = ["config error", "server.plugins[1]", repr(plugin), *words]
+    for command in (["check-config"], ["serve"], ["serve", "--log-format", "json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ahv", *command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "Traceback" not in done.stderr and "listening" not in done.stdout
+        lines = done.stderr.splitlines()
+        if "json" in command:
+            parsed = [json.loads(line) for line in lines]  # every line is JSON
+            (refusal,) = [line for line in parsed if line.get("event") == "config_error"]
+            assert refusal["level"] == "ERROR"
+            message = refusal["msg"]
+        else:
+            (message,) = [line for line in lines if "config error" in line]
+        for word in expected:
+            assert word in message, (command, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[retention]\nfiles_s = 1e12\njobs_s = 1e12\n", "retention.files_s"),
+        ("[retention]\njobs_s = inf\n", "retention.jobs_s"),
+        ("[retention.tasks.sleep]\nfiles_s = 1e11\n", "retention.tasks"),
+        ("[queue]\nretry_max_s = 1e300\n", "queue.retry_max_s"),
+        ("[queue]\nage_step_s = 1e17\n", "queue.age_step_s"),
+        ("[queue]\ntimeouts_s = { upscale = inf }\n", "queue.timeouts_s"),
+        ("[webhooks]\nretry_after_max_s = 1e10\n", "webhooks.retry_after_max_s"),
+        ("[server]\nshutdown_grace_s = inf\n", "server.shutdown_grace_s"),
+    ],
+)
+def test_durations_have_an_upper_bound(text: str, key: str) -> None:
+    # A duration is added to the current time: 1e12 s of retention made every finished job's
+    # document a 500 (a datetime past the year 9999). Refused at load, naming the key.
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert key in str(caught.value) and str(int(MAX_DURATION_S)) in str(caught.value)
+    # 100 years is accepted, and "for ever" stays 0.
+    config = parse_config(f"[retention]\nfiles_s = {MAX_DURATION_S}\njobs_s = 0\n")
+    assert config.retention.files_s == MAX_DURATION_S

@@ -1,5 +1,6 @@
-"""`ahv serve --log-format json`: every stderr line is one JSON object; each job event is a
-line with the job id; no key or webhook secret is ever written. Also: systemd's READY=1."""
+"""`ahv serve --log-format json`: every stdout and stderr line is one JSON object; each job
+event is a line with the job id and task; no key or webhook secret is ever written. Also:
+systemd's READY=1."""
 
 from __future__ import annotations
 
@@ -57,12 +58,22 @@ async def test_json_logs_one_line_per_event_with_the_job_id(
     assert await asyncio.to_thread(notify.recv, 100) == b"STOPPING=1"
     notify.close()
 
+    # Under systemd stdout and stderr go to the same journal: every line of both is JSON,
+    # the `ahv listening on` line too (which tests and scripts still find in it).
+    out = server.rest_of_stdout()
+    (listening,) = [json.loads(line) for line in out]
+    assert listening["event"] == "listening" and listening["level"] == "INFO"
+    assert listening["msg"] == f"ahv listening on {listening['url']}"
+    assert url.rsplit(":", 1)[1] == listening["url"].rsplit(":", 1)[1]
     text = server.log_path.read_text()
     lines = [json.loads(line) for line in text.splitlines()]  # every line is JSON
+    lines.append(listening)
     assert lines and all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
     assert all(line["ts"].endswith("+00:00") for line in lines)
     for secret in (KEY_A, KEY_ADMIN, SECRET_A, SECRET_B, SECRET_ADMIN, hook):
         assert secret not in text
+    # `task` is on every job line, the webhook deliveries' too.
+    assert all(line.get("task") == "sleep" for line in lines if "job_id" in line)
 
     def events(job_id: str) -> list[dict[str, Any]]:
         return [line for line in lines if line.get("job_id") == job_id]
@@ -76,6 +87,7 @@ async def test_json_logs_one_line_per_event_with_the_job_id(
     assert finished["duration_s"] == docs[ok]["duration"]
     delivered = by_event["webhook_delivered"]
     assert delivered["status_code"] == 200 and delivered["attempt"] == 1
+    assert delivered["task"] == "sleep"
     assert delivered["webhook_event"] == "job.finished" and delivered["event_id"]
     retried = [line for line in events(flaky) if line.get("event") == "retried"]
     assert len(retried) == 1 and retried[0]["error_code"] == "download_failed"

@@ -14,11 +14,13 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from tests.conftest import KEY_A, KEY_ADMIN, StartServer, base_config, merge
 from tests.fake_providers import FakeGoogle
 from tests.process import AhvProcess
 from tests.sse import SseReader
+from tests.test_config import broken_plugins
 from tests.test_crash import ahv_process
 from tests.test_providers_google import GOOGLE_KEY
 
@@ -321,3 +323,70 @@ async def test_sighup_ends_the_event_streams_of_removed_and_changed_keys(
                     break
         async with session.get(urls["a"], headers={"X-API-Key": KEY_A}) as again:
             assert again.status == 401
+
+
+async def test_sighup_that_would_strand_queued_jobs_is_rejected(
+    ahv_process: Any, tmp_path: Path
+) -> None:
+    # Taking `sleep` off the only backend while a `sleep` job waits: no worker would ever claim
+    # it (queued for ever, no log line). The reload is refused, naming the task and the count,
+    # and the old config goes on: the waiting job runs, new ones are taken.
+    one_slot = {"backends": [{"name": "cpu", "slots": 1, "tasks": ["sleep", "upscale"]}]}
+    server = _server(ahv_process, tmp_path, **one_slot)
+    await server.start()
+    without_sleep = merge(
+        server.config, {"backends": [{"name": "cpu", "slots": 1, "tasks": ["upscale"]}]}
+    )
+    async with aiohttp.ClientSession() as session:
+        status, body = await server.post(session, KEY_A, SLEEP)
+        assert status == 202
+        running = body["job_id"]
+        await server.wait(session, running, {"running"})
+        queued = []
+        for _ in range(2):
+            status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+            assert status == 202
+            queued.append(body["job_id"])
+        line = await server.reload(without_sleep, "config reload rejected")
+        assert "'sleep'" in line and "2 queued jobs" in line and "ERROR" in line
+        assert "cancel" in line and "config reloaded" not in line
+        # The running config stays: `sleep` is still taken and every job runs.
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 202
+        docs = [
+            await server.wait(session, job_id, {"succeeded", "failed"})
+            for job_id in [running, *queued, body["job_id"]]
+        ]
+        assert [d["status"] for d in docs] == ["succeeded"] * 4
+        # With nothing of `sleep` waiting the same file applies, and `sleep` is refused.
+        line = await server.reload(without_sleep, "config reloaded")
+        assert "backends" in line
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 422 and body["error"]["code"] == "task_unavailable"
+
+
+async def test_sighup_with_a_plugin_that_raises_is_rejected(
+    ahv_process: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin whose import raises something else than ImportError: the reload is rejected
+    # with the plugin and the error named, like a bad file, not a background task's
+    # "exception was never retrieved" with a traceback; the running config stays.
+    monkeypatch.setenv("PYTHONPATH", broken_plugins(tmp_path)["PYTHONPATH"])
+    server = _server(ahv_process, tmp_path)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        for plugin, words in (
+            ("boom_plugin", "RuntimeError: plugin boom"),
+            ("syntax_plugin", "SyntaxError"),
+        ):
+            plugins = ["tests.plugin_tasks", plugin]
+            new = merge(server.config, {"server": {"plugins": plugins}})
+            line = await server.reload(new, "config reload rejected")
+            assert f"server.plugins[1]: importing '{plugin}' failed" in line and words in line
+            assert "ERROR" in line
+        log = server.log_text()
+        assert "Traceback" not in log and "never retrieved" not in log
+        assert "config reloaded" not in log
+        status, body = await server.post(session, KEY_A, {"task": "sleep", "payload": {}})
+        assert status == 202
+        assert (await server.wait(session, body["job_id"], {"succeeded"}))["attempts"] == 1

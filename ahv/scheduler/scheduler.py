@@ -132,6 +132,16 @@ class Scheduler:
     def slots_for(self, task: str) -> int:
         return sum(b.config.slots for b in self.backends if task in b.tasks)
 
+    def served_tasks(self, config: Config | None = None) -> set[str]:
+        """The tasks some backend serves now or, given a reloaded config, after
+        apply_config(config): the same per-backend rule (provider backends keep theirs)."""
+        wanted = {b.name: b for b in (config or self._config).backends}
+        served: set[str] = set()
+        for backend in self.backends:
+            tasks = wanted.get(backend.config.name, backend.config).tasks
+            served.update(t for t in tasks if t in self._registry)
+        return served
+
     def eta_us(self, task: str, queue_position: int, start_us: int) -> int:
         wait_s = self._predictor.wait_s(task, queue_position, self.slots_for(task))
         return start_us + int(wait_s * 1e6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from ahv.config import Config, ConfigError
 from ahv.tasks.base import TaskContext, TaskOutput, TaskSpec
@@ -35,10 +36,7 @@ def builtin_tasks() -> list[TaskSpec]:
 def load_registry(config: Config) -> dict[str, TaskSpec]:
     registry = {spec.name: spec for spec in builtin_tasks()}
     for i, module_name in enumerate(config.server.plugins):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"server.plugins[{i}]: cannot import {module_name!r}: {exc}") from exc
+        module = _import_plugin(i, module_name)
         specs = getattr(module, "TASKS", None)
         if not isinstance(specs, list) or not all(isinstance(s, TaskSpec) for s in specs):
             raise ConfigError(
@@ -66,6 +64,27 @@ def load_registry(config: Config) -> dict[str, TaskSpec]:
         if task not in registry:
             raise ConfigError(f"retention.tasks: unknown task {task!r}")
     return registry
+
+
+def _import_plugin(i: int, module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"server.plugins[{i}]: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        # A plugin's own bug (a SyntaxError, or whatever its import runs raises) is as much a
+        # config problem as a missing module: named, without a traceback, for serve,
+        # check-config and a reload alike.
+        raise ConfigError(
+            f"server.plugins[{i}]: importing {module_name!r} failed: "
+            f"{type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, SyntaxError):  # its str() lacks the file; the place is what helps
+        return f"{exc.msg} ({exc.filename}, line {exc.lineno})"
+    return " ".join(str(exc).split()) or "(no message)"
 
 
 __all__ = ["TaskContext", "TaskOutput", "TaskSpec", "load_registry"]
