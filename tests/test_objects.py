@@ -350,6 +350,40 @@ async def test_remove_by_prompt(
     assert not outside(changed(source, after), SQUARE, 13 + 6 + 1).any()
 
 
+async def test_prompt_mask_is_grown_by_dilate_px(
+    start_server: Any, models_dir: Path, media: MediaServer
+) -> None:
+    # Noisy gray around the red square, and LaMa-style filling with the mean colour: every
+    # masked pixel changes, so the changed pixels are the mask the job used.
+    rng = np.random.default_rng(5)
+    noisy = rng.integers(100, 156, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    x1, y1, x2, y2 = SQUARE
+    noisy[y1:y2, x1:x2] = RED
+    source = opaque(noisy)
+    api = await start_server(**objects_config(models_dir, inpainter="lama_dyn", mask_dilate_px=9))
+    url = media.add("noisy.png", png(source))
+    masks, fractions = {}, {}
+    for grow in (0, 4, 12, None):  # None: objects.mask_dilate_px (9)
+        body = {"image_url": url, "prompt": "cat", **({} if grow is None else {"dilate_px": grow})}
+        status, doc, _ = await api.call("POST", "/remove-object", json=body)
+        assert status == 200 and doc["status"] == "succeeded", doc
+        meta = doc["result"]["meta"]
+        assert meta["dilate_px"] == (9 if grow is None else grow)
+        after, _ = await result_pixels(api, doc)
+        masks[grow] = changed(source, after)
+        fractions[grow] = meta["mask_fraction"]
+        assert fractions[grow] == pytest.approx(masks[grow].mean(), abs=2e-3)
+    boxes = masks[0].astype(np.uint8) * 255
+    assert boxes.any() and not outside(masks[0], SQUARE, 14).any()
+    for grow in (4, 9, 12):
+        got = masks[None if grow == 9 else grow]
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+        expected = cv2.dilate(boxes, kernel) > 0
+        # The mask is the boxes grown by `grow` pixels: no more, no less.
+        assert np.count_nonzero(got != expected) <= 3, grow
+    assert fractions[0] < fractions[4] < fractions[None] < fractions[12]
+
+
 async def test_prompt_without_a_match_is_no_object_detected(
     start_server: Any, models_dir: Path, media: MediaServer
 ) -> None:
