@@ -120,10 +120,13 @@ def repoint() -> Iterator[Callable[[dict[str, str]], None]]:
 @pytest.fixture
 async def full_api(start_server: Any) -> Api:
     """Every task served (the cloud ones too, so their URL fields are checked); 127.0.0.1 is
-    the one allowed address (the test config's), so local fixtures can be fetched."""
+    the one allowed address (the test config's), so local fixtures can be fetched. A matting
+    model and a detector are named (their files need not exist) so that remove_background and
+    scan_objects are available and remove_object takes a prompt."""
     return await start_server(
         **PROVIDERS,
         images={"matting": "matting"},
+        objects={"detector": "detector"},
         backends=[{"name": "cpu", "slots": 1, "tasks": ALL_TASKS}],
     )
 

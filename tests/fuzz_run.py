@@ -49,9 +49,11 @@ def fuzz_config(workdir: Path) -> dict[str, object]:
             "backends": [{"name": "cpu", "device": "cpu", "slots": 4, "tasks": tasks}],
             "fetch": {"allowed_networks": []},
             "queue": {"timeouts_s": {"sleep": 2}, "cancel_wait_s": 0.5},
-            # A matting model named, so remove_background is available (its file need not
-            # exist: a job of it fails model_unavailable when it runs).
+            # A matting model and a detector named, so remove_background and scan_objects are
+            # available and remove_object takes a prompt (their files need not exist: a job of
+            # them fails model_unavailable when it runs).
             "images": {"matting": "matting"},
+            "objects": {"detector": "detector"},
         },
     )
 

@@ -59,8 +59,10 @@ CONFIG = merge(
     {
         "server": {"plugins": ["tests.plugin_tasks"], "shutdown_grace_s": 0},
         "backends": [{"name": "cpu", "slots": 1, "tasks": []}],
-        # Named so remove_background is available and its payload checks are reached.
+        # Named so remove_background and scan_objects are available and their payload checks
+        # (and remove_object's by prompt) are reached.
         "images": {"matting": "matting"},
+        "objects": {"detector": "detector"},
         # Set up, so their tasks are available; nothing listens at the base_url, and no job
         # of theirs is accepted (see PROVIDER_TASKS).
         "providers": {

@@ -303,9 +303,23 @@ async def test_face_restore_needs_a_restorer(
     start_server: Any, models_dir: Path, media: MediaServer
 ) -> None:
     api = await start_server(**image_config(models_dir, upscaler="tiny_sr_x2"))
-    doc = await run(api, media, "upscale", fixtures.astronaut_png(), face_restore=True)
-    assert doc["status"] == "failed" and doc["error"]["code"] == "model_unavailable"
-    assert "images.restorer" in doc["error"]["message"]
+    # Refused at submit on both endpoints (not a job that can only fail), naming the field and
+    # the setting; upscale itself stays available.
+    payload = {"image_url": media.add("a.png", fixtures.astronaut_png()), "face_restore": True}
+    for path, sent in (
+        ("/v1/jobs", {"task": "upscale", "payload": payload}),
+        ("/upscale", payload),
+    ):
+        status, refused, _ = await api.call("POST", path, json=sent)
+        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
+        message = refused["error"]["message"]
+        assert message.startswith("payload.face_restore") and "images.restorer" in message
+    _, listed, _ = await api.call("GET", "/v1/jobs")
+    assert listed["jobs"] == []
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    assert "upscale" not in diag["backends"][0]["unavailable_tasks"]
+    doc = await run(api, media, "upscale", fixtures.astronaut_png())
+    assert doc["status"] == "succeeded", doc["error"]
 
 
 async def test_face_restore_changes_only_the_faces(

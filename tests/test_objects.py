@@ -199,10 +199,36 @@ async def test_no_detector_configured(
 ) -> None:
     api = await start_server(**objects_config(models_dir, detector=""))
     url = media.add("scene.png", png(scene()))
-    status, doc, _ = await api.call("POST", "/scan-objects", json={"image_url": url})
-    assert status == 200 and doc["status"] == "failed"
-    assert doc["error"]["code"] == "model_unavailable"
-    assert "objects.detector" in doc["error"]["message"]
+    # scan_objects is unavailable in /diag/backends and refused at submit, on both endpoints,
+    # instead of a job that can only fail; remove_object stays available (a mask needs no
+    # detector).
+    _, diag, _ = await api.call("GET", "/diag/backends")
+    unavailable = diag["backends"][0]["unavailable_tasks"]
+    assert "objects.detector" in unavailable["scan_objects"]
+    assert "remove_object" not in unavailable
+    scan = {"image_url": url}
+    for path, sent in (
+        ("/v1/jobs", {"task": "scan_objects", "payload": scan}),
+        ("/scan-objects", scan),
+    ):
+        status, refused, _ = await api.call("POST", path, json=sent)
+        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
+        assert "objects.detector" in refused["error"]["message"]
+    # A prompt needs the detector: refused at submit, naming the field and the setting.
+    remove = {"image_url": url, "prompt": "cat"}
+    for path, sent in (
+        ("/v1/jobs", {"task": "remove_object", "payload": remove}),
+        ("/remove-object", remove),
+    ):
+        status, refused, _ = await api.call("POST", path, json=sent)
+        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
+        message = refused["error"]["message"]
+        assert message.startswith("payload.prompt") and "objects.detector" in message
+    _, listed, _ = await api.call("GET", "/v1/jobs")
+    assert listed["jobs"] == []
+    body = {"image_url": url, "mask_url": media.add("m.png", square_mask())}
+    status, doc, _ = await api.call("POST", "/remove-object", json=body)
+    assert status == 200 and doc["status"] == "succeeded", doc
 
 
 async def test_scan_payload_is_checked_at_submit(start_server: Any, models_dir: Path) -> None:

@@ -161,12 +161,14 @@ def with_url(value: Any, url: str) -> Any:
 @pytest.fixture
 async def strict_api(start_server: Any) -> Api:
     """A server with no exception to the address guard, serving every task."""
-    # A matting model named (its file need not exist: no job here runs) so that
-    # remove_background is available and its URL field is checked too.
+    # A matting model and a detector named (their files need not exist: no job here runs) so
+    # that remove_background and scan_objects are available, remove_object takes a prompt, and
+    # their URL fields are checked too.
     return await start_server(
         **STRICT,
         **PROVIDERS,
         images={"matting": "matting"},
+        objects={"detector": "detector"},
         backends=[{"name": "cpu", "slots": 1, "tasks": ALL_TASKS}],
     )
 

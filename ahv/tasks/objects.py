@@ -82,6 +82,20 @@ def _validate_remove(payload: RemovePayload, config: Config) -> None:
         raise invalid_payload("payload.mask_url", "give exactly one of mask_url or prompt")
     if payload.prompt is not None and not prompt_labels(payload.prompt):
         raise invalid_payload("payload.prompt", "no class name given")
+    # A mask needs no detector, so the task stays available; a prompt would only fail later.
+    if payload.prompt is not None and not config.objects.detector:
+        raise AhvError(
+            "model_unavailable",
+            "payload.prompt: finding objects by prompt needs an object detector: set "
+            "objects.detector in ahv.toml (or send mask_url instead)",
+            status=422,
+        )
+
+
+def _scan_unconfigured(config: Config) -> str | None:
+    if config.objects.detector:
+        return None
+    return "scan_objects needs an object detector: set objects.detector in ahv.toml"
 
 
 def scan_models(config: Config) -> list[str]:
@@ -285,6 +299,7 @@ SCAN_OBJECTS = TaskSpec(
     default_predict_s=2.0,
     validate=_validate_scan,
     models=scan_models,
+    unconfigured=_scan_unconfigured,
 )
 
 REMOVE_OBJECT = TaskSpec(

@@ -44,6 +44,14 @@ def _validate(payload: UpscalePayload, config: Config) -> None:
         raise invalid_payload(
             "payload.max_side", f"{payload.max_side} is over the limit {config.limits.max_side}"
         )
+    # Refused at submit, not as a job that can only fail; upscale itself stays available.
+    if payload.face_restore and not config.images.restorer:
+        raise AhvError(
+            "model_unavailable",
+            "payload.face_restore: no face restore model configured: set images.restorer in "
+            "ahv.toml (or leave face_restore false)",
+            status=422,
+        )
 
 
 def _needs(config: Config) -> list[str]:
