@@ -26,28 +26,37 @@ def plan_upscale(
     scale: float | None,
     max_side: int | None,
     max_output_pixels: int,
-    field: str = "scale",
+    field: str | None = None,
 ) -> tuple[int, int]:
-    """Output (width, height); refuses an oversized result before any pixel is touched."""
+    """Output (width, height); refuses an oversized result before any pixel is touched.
+
+    The refusal names what set the output size: `field` when the caller gives one, else
+    `payload.scale` or `payload.max_side` (whichever decided it), or, when neither was sent,
+    plainly the output (at the default scale)."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise invalid_payload(field, "must be a positive number")
+        raise invalid_payload(field or "payload.scale", "must be a positive number")
     if max_side is not None and max_side < 1:
-        raise invalid_payload("max_side", "must be at least 1")
+        raise invalid_payload("payload.max_side", "must be at least 1")
+    cause, default = field or "payload.scale", ""
     if scale is None and max_side is None:
         scale = DEFAULT_SCALE
+        default = f" at the default scale {DEFAULT_SCALE:g}"
+        cause = field or ""
     out_w, out_h = width, height
     if scale is not None:
         out_w, out_h = max(1, _round(width * scale)), max(1, _round(height * scale))
     if max_side is not None and (scale is None or max(out_w, out_h) > max_side):
         # Recompute from the source size rather than the scaled one: one rounding, not two.
         out_w, out_h = _fit_longest(width, height, max_side)
+        cause = field or "payload.max_side"
     if out_w * out_h > max_output_pixels:
         raise AhvError(
             "image_too_large",
-            f"{field}: the output would be {out_w}x{out_h} ({out_w * out_h} pixels) from a "
-            f"{width}x{height} input; the limit is {max_output_pixels} output pixels",
+            f"{cause + ': ' if cause else ''}the output would be {out_w}x{out_h} "
+            f"({out_w * out_h} pixels) from a {width}x{height} input{default}; the limit is "
+            f"{max_output_pixels} output pixels",
             status=413,
         )
     return out_w, out_h

@@ -604,7 +604,8 @@ async def test_upscale_output_limit_is_checked_before_the_model(rig: Rig, tmp_pa
         url = rig.media.add("big-t1.jpg", data.tobytes(), "image/jpeg")
         job = await api.submit("upscale", {"image_url": url, "scale": 4})
         doc = await api.wait(job["job_id"], timeout_s=60)
-        assert_failed(doc, "image_too_large", "scale", ("16000x11080", "4000x2770", "100000000"))
+        words = ("16000x11080", "4000x2770", "100000000")
+        assert_failed(doc, "image_too_large", "payload.scale", words)
         job = await api.submit("upscale", {"image_url": url, "scale": 2})
         doc = await api.wait(job["job_id"], timeout_s=60)
         assert doc["status"] == "failed" and doc["error"]["code"] == "model_unavailable"

@@ -336,7 +336,9 @@ def test_plan_upscale_refuses_oversized_output() -> None:
         plan_upscale(6000, 4000, scale=4, max_side=None, max_output_pixels=100_000_000)
     err = info.value
     assert (err.code, err.status) == ("image_too_large", 413)
-    assert err.message.startswith("scale: the output would be 24000x16000 (384000000 pixels)")
+    assert err.message.startswith(
+        "payload.scale: the output would be 24000x16000 (384000000 pixels)"
+    )
     assert "100000000" in err.message
 
 

@@ -127,6 +127,45 @@ async def test_output_limit_is_checked_before_the_work(
     assert "2048x2048" in doc["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("sent", "named", "size"),
+    [
+        ({"scale": 4}, "payload.scale", "2048x2048"),
+        ({"max_side": 2048}, "payload.max_side", "2048x2048"),
+        ({"scale": 4, "max_side": 1200}, "payload.max_side", "1200x1200"),  # max_side caps
+        ({"scale": 2, "max_side": 4000}, "payload.scale", "1024x1024"),  # the cap is not reached
+        ({}, None, "1024x1024"),
+    ],
+)
+async def test_output_limit_names_what_made_the_output_too_big(
+    start_server: Any, media: MediaServer, sent: dict[str, Any], named: str | None, size: str
+) -> None:
+    api = await start_server(limits={"max_output_pixels": 1_000_000})
+    doc = await run_upscale(api, media, fixtures.astronaut_png(), **sent)
+    assert doc["status"] == "failed" and doc["error"]["code"] == "image_too_large", doc
+    message = doc["error"]["message"]
+    assert f"would be {size} " in message and "1000000" in message, message
+    if named is None:  # nothing sent: plainly the output, at the default scale
+        assert message.startswith("the output would be") and "default scale 2" in message
+    else:
+        assert message.startswith(f"{named}: the output would be"), message
+    for other in {"payload.scale", "payload.max_side"} - {named}:
+        assert other not in message, message
+
+
+async def test_max_side_too_big_names_max_side(api: Api, media: MediaServer) -> None:
+    # The default limits: 3000x3000 fitted to a 16000 px side is 256 Mpx, over 100 Mpx.
+    ok, data = cv2.imencode(".png", np.zeros((3000, 3000), np.uint8))
+    assert ok
+    body = {"image_url": media.add("big.png", data.tobytes()), "max_side": 16000}
+    status, doc, _ = await api.call("POST", "/upscale", json=body)
+    assert status == 200 and doc["status"] == "failed", doc
+    assert doc["error"]["code"] == "image_too_large", doc
+    message = doc["error"]["message"]
+    assert message.startswith("payload.max_side: the output would be 16000x16000"), message
+    assert "scale" not in message
+
+
 async def test_download_errors(start_server: Any, media: MediaServer) -> None:
     api = await start_server(fetch={"max_bytes": 100_000})
     missing = await api.submit("upscale", {"image_url": media.add("x", b"") + "-missing"})

@@ -182,7 +182,7 @@ def _output_size(ctx: TaskContext, payload: FaceSwapPayload, pixels: Image) -> t
         scale=2,
         max_side=None,
         max_output_pixels=ctx.config.limits.max_output_pixels,
-        field="upscale",
+        field="payload.upscale",
     )
 
 
