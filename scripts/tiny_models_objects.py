@@ -11,6 +11,8 @@ colour with a 1×1 convolution, so detections sit where that colour is:
 Classes past the third are never detected. `dynamic=True` gives the `dynamic=True` export's
 signature instead: `images` [batch, 3, 640, 640] → `output0` [batch, 4 + C, 8400] (one
 image's rows do not depend on the others', so batched runs can be checked against single ones).
+`transposed=True` gives a wrong layout, `output0` [1, 8400, 4 + C] (an export some converters
+make), which the detector must refuse rather than decode.
 
 `make_lama`: inputs `image` [1, 3, H, W] and `mask` [1, 1, H, W], output `output`
 [1, 3, H, W]: the masked pixels become the mean colour of the unmasked ones. Like real LaMa,
@@ -50,6 +52,7 @@ def make_yolo(
     *,
     metadata: bool = True,
     dynamic: bool = False,
+    transposed: bool = False,
 ) -> Path:
     names = list(classes) if classes is not None else ["person", "cat", "dog"]
     count = max(len(names), 3)
@@ -112,14 +115,19 @@ def make_yolo(
     nodes += [
         helper.make_node("Concat", box_parts, ["boxes"], axis=2),
         helper.make_node("Concat", score_parts, ["scores"], axis=2),
-        helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1),
+        helper.make_node(
+            "Concat", ["boxes", "scores"], ["rows" if transposed else "output0"], axis=1
+        ),
     ]
+    if transposed:
+        nodes.append(helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1]))
     anchors = sum((SIZE // s) ** 2 for s, *_ in LEVELS)
+    out_shape = [batch, anchors, 4 + count] if transposed else [batch, 4 + count, anchors]
     graph = helper.make_graph(
         nodes,
         "tiny_yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + count, anchors])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

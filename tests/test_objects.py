@@ -11,8 +11,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from ahv.errors import AhvError
 from ahv.models.inpaint import LamaInpainter, classical_inpaint
-from ahv.models.yolo import Letterbox, YoloDetector, decode_output, letterbox, parse_names
+from ahv.models.yolo import (
+    Letterbox,
+    YoloDetector,
+    check_layout,
+    decode_output,
+    letterbox,
+    parse_names,
+)
 from scripts.tiny_models_objects import make_lama, make_yolo
 from tests import media as fixtures
 from tests.conftest import Api, MediaServer, Receiver
@@ -27,6 +35,7 @@ def models_dir(tmp_path_factory: Any) -> Path:
     directory = Path(tmp_path_factory.mktemp("object-models"))
     make_yolo(directory / "yolo_tiny.onnx")
     make_yolo(directory / "yolo_plain.onnx", metadata=False)
+    make_yolo(directory / "yolo_transposed.onnx", transposed=True)
     make_lama(directory / "lama_512.onnx", dynamic=False)
     make_lama(directory / "lama_dyn.onnx", dynamic=True)
     return directory
@@ -35,7 +44,7 @@ def models_dir(tmp_path_factory: Any) -> Path:
 def objects_config(models_dir: Path, **objects: Any) -> dict[str, Any]:
     files = {
         name: {"file": f"{name}.onnx"}
-        for name in ("yolo_tiny", "yolo_plain", "lama_512", "lama_dyn")
+        for name in ("yolo_tiny", "yolo_plain", "yolo_transposed", "lama_512", "lama_dyn")
     }
     return {
         "models": {"dir": str(models_dir), "files": files},
@@ -229,6 +238,68 @@ async def test_no_detector_configured(
     body = {"image_url": url, "mask_url": media.add("m.png", square_mask())}
     status, doc, _ = await api.call("POST", "/remove-object", json=body)
     assert status == 200 and doc["status"] == "succeeded", doc
+
+
+async def test_detector_of_the_wrong_layout_is_model_unavailable(
+    start_server: Any, models_dir: Path, media: MediaServer
+) -> None:
+    # A transposed export ([1, 8400, 7]) used to decode into no detections, silently.
+    api = await start_server(**objects_config(models_dir, detector="yolo_transposed"))
+    url = media.add("scene.png", png(scene()))
+    for path, body in (
+        ("/scan-objects", {"image_url": url}),
+        ("/remove-object", {"image_url": url, "prompt": "cat"}),
+    ):
+        status, doc, _ = await api.call("POST", path, json=body)
+        assert status == 200 and doc["status"] == "failed", doc
+        assert doc["error"]["code"] == "model_unavailable", doc
+        message = doc["error"]["message"]
+        assert "'yolo_transposed'" in message, message
+        assert "output is [1, 8400, 7]" in message and "expected [1, 7, N]" in message, message
+
+
+async def test_class_names_of_another_count_are_model_unavailable(
+    start_server: Any, models_dir: Path, media: MediaServer
+) -> None:
+    # The model scores 3 classes; objects.names lists 5, so labels would be misread.
+    names = ["a", "b", "c", "d", "e"]
+    api = await start_server(**objects_config(models_dir, detector="yolo_plain", names=names))
+    body = {"image_url": media.add("scene.png", png(scene()))}
+    status, doc, _ = await api.call("POST", "/scan-objects", json=body)
+    assert status == 200 and doc["status"] == "failed", doc
+    assert doc["error"]["code"] == "model_unavailable", doc
+    message = doc["error"]["message"]
+    assert "'yolo_plain'" in message and "output is [1, 7, 8400]" in message, message
+    assert "expected [1, 9, N]" in message and "objects.names has 5 class names" in message
+
+
+@pytest.mark.parametrize(
+    ("shape", "names", "refused"),
+    [
+        ((1, 7, 8400), 3, None),
+        ((7, 8400), 3, None),
+        (("batch", 7, "anchors"), 3, None),  # a model's symbolic dims: judged on the run
+        (("batch", "rows", "anchors"), 3, None),
+        ((1, 84, 8400), 0, None),  # no names known: any class count
+        ((1, 8400, 7), 3, "output is [1, 8400, 7], expected [1, 7, N]"),
+        ((1, 8400, 84), 0, "output is [1, 8400, 84], expected [1, 4 + C, N]"),
+        (("batch", 8400, 84), 80, "output is [?, 8400, 84], expected [1, 84, N]"),
+        ((1, 84, 8400), 3, "the model's metadata has 3 class names, so 7 rows"),
+        ((1, 4, 8400), 0, "4 rows are fewer than 4 box values and a class"),
+        ((2, 7, 8400), 3, "it is not [1, rows, anchors]"),
+        ((8400,), 0, "it is not [1, rows, anchors]"),
+    ],
+)
+def test_check_layout(shape: tuple[Any, ...], names: int, refused: str | None) -> None:
+    labels = [f"c{i}" for i in range(names)]
+    if refused is None:
+        check_layout(shape, names=labels, names_from="the model's metadata", model="m")
+        return
+    with pytest.raises(AhvError) as info:
+        check_layout(shape, names=labels, names_from="the model's metadata", model="m")
+    assert (info.value.code, info.value.status) == ("model_unavailable", 503)
+    assert info.value.message.startswith("model 'm' is not a YOLOv8/v11 detection export")
+    assert refused in info.value.message, info.value.message
 
 
 async def test_scan_payload_is_checked_at_submit(start_server: Any, models_dir: Path) -> None:

@@ -8,16 +8,25 @@ reduced by class-wise non-maximum suppression and mapped back to the image's pix
 
 Class names: Ultralytics stores them in the model's metadata as `names`, a dict-like string
 `{0: 'person', 1: 'bicycle', ...}`; when a model has none, the configured list is used.
+
+The output layout is checked when the detector is made (the dimensions the model declares) and
+on every run (the array it gives): it must be [1, 4 + C, N] with more anchors than rows (N >
+4 + C; real exports have thousands) and, when class names are known, C of them. Anything else
+(a transposed `[1, N, 4 + C]` export, another task's model) would otherwise decode silently
+into no detections or garbage, so it is `model_unavailable` naming the model and both shapes.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from ahv.errors import AhvError
 
 Image = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float32]
@@ -67,6 +76,37 @@ def metadata_names(session: Any) -> list[str]:
         return []
     text = custom.get("names") if isinstance(custom, dict) else None
     return parse_names(text) if isinstance(text, str) else []
+
+
+def _dims(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+
+
+def check_layout(shape: Sequence[Any], *, names: list[str], names_from: str, model: str) -> None:
+    """Refuse (`model_unavailable`) an output that is not [1, 4 + C, N] with N > 4 + C and, when
+    `names` is not empty, C == len(names). Dimensions that are not ints (a model's symbolic
+    ones) are not judged; the run-time shape is checked again."""
+    dims = [d if isinstance(d, int) and not isinstance(d, bool) else None for d in shape]
+    rows, anchors = (dims[-2], dims[-1]) if len(dims) >= 2 else (None, None)
+    expected_rows = 4 + len(names) if names else None
+    problems = []
+    if len(dims) not in (2, 3) or (len(dims) == 3 and dims[0] not in (1, None)):
+        problems.append("it is not [1, rows, anchors]")
+    if rows is not None and rows < 5:
+        problems.append(f"{rows} rows are fewer than 4 box values and a class")
+    elif rows is not None and anchors is not None and anchors <= rows:
+        problems.append(f"{anchors} anchors are not more than its {rows} rows (transposed?)")
+    if expected_rows is not None and rows is not None and rows != expected_rows:
+        problems.append(f"{names_from} has {len(names)} class names, so {expected_rows} rows")
+    if not problems:
+        return
+    wanted = f"[1, {expected_rows}, N]" if expected_rows is not None else "[1, 4 + C, N]"
+    raise AhvError(
+        "model_unavailable",
+        f"model {model!r} is not a YOLOv8/v11 detection export: its output is {_dims(shape)}, "
+        f"expected {wanted} with more anchors N than rows ({'; '.join(problems)})",
+        status=503,
+    )
 
 
 def letterbox(image: Image, size: tuple[int, int]) -> tuple[Image, Letterbox]:
@@ -176,15 +216,21 @@ class YoloDetector:
         input_size: int = 640,
         score_threshold: float = 0.25,
         nms_iou: float = 0.45,
+        model: str = "detector",
     ) -> None:
         self.session = session
+        self.model = model
         model_input = session.get_inputs()[0]
         self.input_name = model_input.name
         shape = list(model_input.shape)
         fixed_h = shape[2] if len(shape) == 4 and isinstance(shape[2], int) else None
         fixed_w = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else None
         self.input_wh = (fixed_w or input_size, fixed_h or input_size)
-        self.names = metadata_names(session) or list(names)
+        from_metadata = metadata_names(session)
+        self.names = from_metadata or list(names)
+        # Where the names came from, for the layout check's message.
+        self.names_from = "the model's metadata" if from_metadata else "objects.names"
+        self._check(session.get_outputs()[0].shape)
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
 
@@ -196,6 +242,7 @@ class YoloDetector:
         rgb = padded[..., ::-1].astype(np.float32) / 255.0
         blob = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
         (output, *_) = self.session.run(None, {self.input_name: blob})
+        self._check(np.shape(output))
         return decode_output(
             output,
             names=self.names,
@@ -205,3 +252,6 @@ class YoloDetector:
             nms_iou=self.nms_iou,
             classes=classes,
         )
+
+    def _check(self, shape: Sequence[Any]) -> None:
+        check_layout(shape, names=self.names, names_from=self.names_from, model=self.model)

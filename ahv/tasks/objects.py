@@ -134,6 +134,7 @@ def load_detector(ctx: TaskContext, min_score: float | None = None) -> YoloDetec
         names=list(objects.names),
         input_size=objects.input_size,
         score_threshold=objects.min_score if min_score is None else min_score,
+        model=objects.detector,
     )
 
 
