@@ -12,48 +12,24 @@ AHV_FUZZ_SEED (default 7) the seed, for longer or other runs:
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.process import ROOT
+from tests import namespaces
 
 EXAMPLES = int(os.environ.get("AHV_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("AHV_FUZZ_SEED", "7"))
 
 
-def network_namespaces() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
 @pytest.mark.timeout(150 + 3 * EXAMPLES)
 def test_schemathesis_finds_no_failure(tmp_path: Path) -> None:
-    if not network_namespaces():
+    if not namespaces.available("-rn"):
         pytest.skip("needs `unshare -rn` (a network namespace) to keep fuzzed URLs local")
     args = [str(tmp_path), str(EXAMPLES), str(SEED)]
-    # A session of its own: whatever happens here, the server and schemathesis (its children,
-    # in the namespace) are ended with it.
-    proc = subprocess.Popen(
-        ["unshare", "-rn", sys.executable, "-m", "tests.fuzz_run", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    # The server and schemathesis (its children, in the namespace) end with the run.
+    returncode, report = namespaces.run_module(
+        "-rn", "tests.fuzz_run", args, timeout_s=140 + 3 * EXAMPLES
     )
-    try:
-        output, _ = proc.communicate(timeout=140 + 3 * EXAMPLES)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    report = output[-20000:]
-    assert proc.returncode == 0, report
+    assert returncode == 0, report
     assert " generated, " in report and " passed" in report, report

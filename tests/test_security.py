@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +25,10 @@ import pytest
 from aiohttp import web
 
 from ahv.http.middleware import PUBLIC_PATHS, PUBLIC_PREFIXES
-from tests import dns_namespace
+from tests import dns_namespace, namespaces
 from tests import media as fixtures
 from tests.conftest import KEY_A, KEY_ADMIN, KEY_B, Api, base_config, merge
-from tests.process import ROOT, AhvProcess
+from tests.process import AhvProcess
 from tests.test_errors import check_shape
 
 ALL_TASKS = [
@@ -339,13 +334,6 @@ async def test_webhook_redirect_to_internal_address_is_not_followed(
 # -- names resolving to refused addresses (in namespaces of their own) ---------------------------
 
 
-def user_mount_network_namespaces() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rmn", "true"], capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
 @pytest.mark.timeout(180)
 def test_names_resolving_to_refused_addresses(tmp_path: Path) -> None:
     """Names that resolve to 10/8, 172.16/12, 192.168/16, link-local, metadata (IPv4, IPv6,
@@ -354,30 +342,17 @@ def test_names_resolving_to_refused_addresses(tmp_path: Path) -> None:
     delivery (recorded in the delivery log). The cases (tests/dns_namespace_cases.py) run
     in namespaces where /etc/hosts is a file of the test's own and the refused addresses are
     live, so a request let through would be seen arriving."""
-    if not user_mount_network_namespaces():
+    if not namespaces.available("-rmn"):
         pytest.skip(
             "needs `unshare -rmn` (user, mount and network namespaces) to map test names to "
             "private addresses in a hosts file of its own"
         )
-    # A session of its own: whatever happens, the namespace's processes end with it.
-    proc = subprocess.Popen(
-        ["unshare", "-rmn", sys.executable, "-m", "tests.dns_namespace", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    returncode, report = namespaces.run_module(
+        "-rmn", "tests.dns_namespace", [str(tmp_path)], timeout_s=160
     )
-    try:
-        output, _ = proc.communicate(timeout=160)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    report = output[-20000:]
-    if proc.returncode == dns_namespace.SETUP_FAILED:
+    if returncode == dns_namespace.SETUP_FAILED:
         pytest.skip(report.strip().splitlines()[-1])
-    assert proc.returncode == 0, report
+    assert returncode == 0, report
     from tests import dns_namespace_cases
 
     cases = sum(name.startswith("test_") for name in vars(dns_namespace_cases))
