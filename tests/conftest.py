@@ -122,6 +122,21 @@ class Api:
         assert status == 202, body
         return dict(body)
 
+    async def refused_on_both(
+        self, task: str, direct_path: str, payload: dict[str, Any], code: str
+    ) -> list[str]:
+        """Submit `payload` as a job and to the task's blocking endpoint: both must be a 422
+        with `code`. The two error messages, for the caller to check what they name."""
+        messages = []
+        for path, sent in (
+            ("/v1/jobs", {"task": task, "payload": payload}),
+            (direct_path, payload),
+        ):
+            status, refused, _ = await self.call("POST", path, json=sent)
+            assert status == 422 and refused["error"]["code"] == code, (path, refused)
+            messages.append(refused["error"]["message"])
+        return messages
+
     async def job(self, job_id: str, key: str = KEY_A) -> dict[str, Any]:
         status, body, _ = await self.call("GET", f"/v1/jobs/{job_id}", key=key)
         assert status == 200, body

@@ -191,11 +191,11 @@ async def test_remove_background_without_a_model(
     # refused at once, on both endpoints, instead of a job that can only fail.
     _, diag, _ = await api.call("GET", "/diag/backends")
     assert "images.matting" in diag["backends"][0]["unavailable_tasks"]["remove_background"]
-    body = {"task": "remove_background", "payload": {"image_url": media.add("a.png", b"x")}}
-    for path, sent in (("/v1/jobs", body), ("/remove-background", body["payload"])):
-        status, refused, _ = await api.call("POST", path, json=sent)
-        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
-        assert "images.matting" in refused["error"]["message"]
+    payload = {"image_url": media.add("a.png", b"x")}
+    for message in await api.refused_on_both(
+        "remove_background", "/remove-background", payload, "model_unavailable"
+    ):
+        assert "images.matting" in message
     _, listed, _ = await api.call("GET", "/v1/jobs")
     assert listed["jobs"] == []
     empty = tmp_path / "no-models"
@@ -306,13 +306,7 @@ async def test_face_restore_needs_a_restorer(
     # Refused at submit on both endpoints (not a job that can only fail), naming the field and
     # the setting; upscale itself stays available.
     payload = {"image_url": media.add("a.png", fixtures.astronaut_png()), "face_restore": True}
-    for path, sent in (
-        ("/v1/jobs", {"task": "upscale", "payload": payload}),
-        ("/upscale", payload),
-    ):
-        status, refused, _ = await api.call("POST", path, json=sent)
-        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
-        message = refused["error"]["message"]
+    for message in await api.refused_on_both("upscale", "/upscale", payload, "model_unavailable"):
         assert message.startswith("payload.face_restore") and "images.restorer" in message
     _, listed, _ = await api.call("GET", "/v1/jobs")
     assert listed["jobs"] == []

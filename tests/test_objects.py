@@ -216,22 +216,15 @@ async def test_no_detector_configured(
     assert "objects.detector" in unavailable["scan_objects"]
     assert "remove_object" not in unavailable
     scan = {"image_url": url}
-    for path, sent in (
-        ("/v1/jobs", {"task": "scan_objects", "payload": scan}),
-        ("/scan-objects", scan),
+    for message in await api.refused_on_both(
+        "scan_objects", "/scan-objects", scan, "model_unavailable"
     ):
-        status, refused, _ = await api.call("POST", path, json=sent)
-        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
-        assert "objects.detector" in refused["error"]["message"]
+        assert "objects.detector" in message
     # A prompt needs the detector: refused at submit, naming the field and the setting.
     remove = {"image_url": url, "prompt": "cat"}
-    for path, sent in (
-        ("/v1/jobs", {"task": "remove_object", "payload": remove}),
-        ("/remove-object", remove),
+    for message in await api.refused_on_both(
+        "remove_object", "/remove-object", remove, "model_unavailable"
     ):
-        status, refused, _ = await api.call("POST", path, json=sent)
-        assert status == 422 and refused["error"]["code"] == "model_unavailable", refused
-        message = refused["error"]["message"]
         assert message.startswith("payload.prompt") and "objects.detector" in message
     _, listed, _ = await api.call("GET", "/v1/jobs")
     assert listed["jobs"] == []
